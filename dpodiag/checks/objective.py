@@ -1,0 +1,178 @@
+"""Checks that the run optimised the objective it declares: sign, beta, scale, loss variant."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from dpodiag.checks.base import Finding, RunData, Skip, check, require_pairs
+from dpodiag.compute.identify import Identification, identify
+
+# Minimum train steps for a trend, and the share of steps in each end window.
+MIN_TREND_STEPS = 5
+END_WINDOW = 0.2
+# Below this late-window reward accuracy, a run prefers the rejected responses.
+INVERTED_ACCURACY = 0.4
+
+
+def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The first and last END_WINDOW share of a step-sorted table (at least one row each)."""
+    size = max(1, int(round(frame.height * END_WINDOW)))
+    return frame.head(size), frame.tail(size)
+
+
+@check("preference-direction-inverted", "error", ("pairs", "steps"),
+       meaning="Training pushes the rejected responses above the chosen ones.",
+       causes="A sign error in the loss, or chosen and rejected swapped in the collator or the data.",
+       fix="Check the sign of the margin in the loss and the order of chosen/rejected in the batch.")
+def preference_direction_inverted(data: RunData) -> list[Finding]:
+    train = data.split_steps("train").filter(pl.col("rewards_accuracies").is_not_null()
+                                             & pl.col("rewards_margins").is_finite())
+    if train.height < MIN_TREND_STEPS:
+        raise Skip(f"needs at least {MIN_TREND_STEPS} train steps with accuracies and margins")
+    early, late = end_windows(train)
+    early_margin = float(early.get_column("rewards_margins").mean())
+    late_margin = float(late.get_column("rewards_margins").mean())
+    late_accuracy = float(late.get_column("rewards_accuracies").mean())
+    if not (late_accuracy < INVERTED_ACCURACY and late_margin < 0 and late_margin < early_margin):
+        return []
+
+    evidence = {"early_margin": early_margin, "late_margin": late_margin,
+                "late_reward_accuracy": late_accuracy}
+    loss_text = " "
+    if "loss" in train.columns and train.get_column("loss").is_finite().any():
+        early_loss = float(early.get_column("loss").mean())
+        late_loss = float(late.get_column("loss").mean())
+        evidence.update(early_logged_loss=early_loss, late_logged_loss=late_loss)
+        if late_loss < early_loss:
+            loss_text = (f" The logged loss fell from {early_loss:.4f} to {late_loss:.4f} all the same, "
+                         "so the loss rewards the wrong direction. ")
+    return [data.finding(
+        "preference-direction-inverted", "Training prefers the rejected responses",
+        f"Reward accuracy ends at {late_accuracy:.2f} (below chance) and the mean reward margin "
+        f"moved from {early_margin:.3g} to {late_margin:.3g}.{loss_text}A sign error in the loss or "
+        "chosen/rejected swapped in collation are the usual causes.",
+        split="train", step=int(late.get_column("step").min()), evidence=evidence)]
+
+
+def identification(data: RunData) -> Identification:
+    """Fit the logged per-pair losses once per run (cached); skip when nothing can be fitted."""
+    if "identification" not in data.cache:
+        pairs = require_pairs(data)
+        meta = data.run.meta
+        if "loss" not in pairs.columns:
+            raise Skip("the log has no per-pair loss column")
+        if meta.loss_type is None or meta.beta is None:
+            raise Skip("loss type or beta is not declared")
+        data.cache["identification"] = identify(
+            pairs, meta.loss_type, meta.beta, meta.label_smoothing, meta.simpo_gamma,
+            per_token=meta.logps_normalisation == "mean")
+    result = data.cache["identification"]
+    if result is None or result.declared is None:
+        raise Skip("too few rows with a finite logged loss")
+    return result
+
+
+def explains(rmse: float, ident: Identification) -> bool:
+    """True when a fit reproduces the logged loss to within 1% of its RMS (bf16 loss values
+    carry ~0.4% relative error) or 1e-4 (4-decimal rounding)."""
+    return rmse <= max(0.01 * ident.logged_rms, 1e-4)
+
+
+def _declared_fails(ident: Identification) -> bool:
+    return not explains(ident.declared.rmse / 5, ident)
+
+
+def _fits_text(ident: Identification) -> str:
+    return f"RMSE {ident.declared.rmse:.3g} with the declared {ident.declared.loss_type}, beta {ident.declared.beta:g}"
+
+
+@check("beta-mismatch", "error", ("pairs",),
+       meaning="The logged loss matches the declared loss with a different beta.",
+       causes="A hard-coded or default beta in the loss while the config records another, or a "
+              "beta schedule that is not logged.",
+       fix="Pass the configured beta to the loss, or correct the recorded beta.")
+def beta_mismatch(data: RunData) -> list[Finding]:
+    ident = identification(data)
+    fit = ident.beta_fit
+    if not _declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+        return []
+    if abs(fit.beta / ident.declared.beta - 1) < 0.05:
+        return []
+    if ident.scale_fit is not None and ident.scale_fit.rmse < fit.rmse:
+        return []
+    return [data.finding(
+        "beta-mismatch", f"The logged loss was computed with beta {fit.beta:.3g}, not {ident.declared.beta:g}",
+        f"{_fits_text(ident)}; RMSE {fit.rmse:.3g} with beta {fit.beta:.4g}. The loss used a "
+        "different beta from the recorded one, so rewards and margins reported with the recorded "
+        "beta are off by the same factor.",
+        evidence={"declared_beta": ident.declared.beta, "fitted_beta": fit.beta,
+                  "declared_rmse": ident.declared.rmse, "fitted_rmse": fit.rmse,
+                  "batch_level": ident.batch_level})]
+
+
+@check("loss-scale-mismatch", "error", ("pairs",),
+       meaning="The logged loss is a constant multiple k != 1 of the recomputed loss.",
+       causes="The loss divided (or multiplied) by the gradient-accumulation steps before "
+              "logging, or a sum logged where a mean was meant.",
+       fix="Log the loss before scaling it for gradient accumulation, or fix the reduction.")
+def loss_scale_mismatch(data: RunData) -> list[Finding]:
+    ident = identification(data)
+    fit = ident.scale_fit
+    if not _declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+        return []
+    if abs(fit.scale - 1) < 0.05:
+        return []
+    return [data.finding(
+        "loss-scale-mismatch", f"The logged loss is {fit.scale:.3g} x the recomputed loss",
+        f"{_fits_text(ident)}; RMSE {fit.rmse:.3g} once multiplied by k = {fit.scale:.4g} "
+        f"(about 1/{1 / fit.scale:.3g}). A gradient-accumulation division or a sum-versus-mean "
+        "reduction bug scales the logged loss.",
+        evidence={"scale": fit.scale, "declared_rmse": ident.declared.rmse, "scaled_rmse": fit.rmse})]
+
+
+@check("loss-type-mismatch", "error", ("pairs",),
+       meaning="The logged loss matches another loss variant far better than the declared one.",
+       causes="The configured loss_type was ignored or overridden, or the wrong name was recorded.",
+       fix="Check which loss the trainer really computes and record that loss_type.")
+def loss_type_mismatch(data: RunData) -> list[Finding]:
+    ident = identification(data)
+    if not _declared_fails(ident) or _explained_by_declared_family(ident):
+        return []
+    best = ident.best_variant()
+    if best is None or best.loss_type == ident.declared.loss_type or not explains(best.rmse, ident):
+        return []
+    return [data.finding(
+        "loss-type-mismatch", f"The logged loss is {best.loss_type}, not {ident.declared.loss_type}",
+        f"{_fits_text(ident)}; RMSE {best.rmse:.3g} with {best.loss_type} at beta {best.beta:.4g}. "
+        "The trainer computed another loss variant than the one recorded.",
+        evidence={"declared": ident.declared.loss_type, "fitted": best.loss_type,
+                  "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
+                  "fitted_rmse": best.rmse})]
+
+
+@check("loss-mismatch", "error", ("pairs",),
+       meaning="The logged loss disagrees with the recomputed one and no loss variant, beta or "
+               "scale explains it.",
+       causes="Extra loss terms (SFT/NLL, auxiliary losses), a loss computed on other pairs than "
+              "the logged log-probs, or logged log-probs that are not the ones the loss used.",
+       fix="Log the per-pair preference loss and the log-probs from the same forward pass.")
+def loss_mismatch(data: RunData) -> list[Finding]:
+    ident = identification(data)
+    if not _declared_fails(ident) or _explained_by_declared_family(ident):
+        return []
+    best = ident.best_variant()
+    if best is not None and explains(best.rmse, ident):
+        return []
+    return [data.finding(
+        "loss-mismatch", "The logged loss does not match the recomputed loss",
+        f"{_fits_text(ident)} (logged loss RMS {ident.logged_rms:.3g}), and no loss variant, beta "
+        "or constant scale reproduces the logged values. The loss and the log-probs disagree.",
+        evidence={"declared_rmse": ident.declared.rmse, "logged_rms": ident.logged_rms,
+                  "best_variant": best.loss_type if best else None,
+                  "best_variant_rmse": best.rmse if best else None})]
+
+
+def _explained_by_declared_family(ident: Identification) -> bool:
+    """True when another beta or a constant scale of the declared loss explains the log."""
+    fits = [ident.beta_fit, ident.scale_fit]
+    return any(fit is not None and explains(fit.rmse, ident) for fit in fits)

@@ -1,0 +1,1 @@
+"""Recomputation with torch: implicit rewards, Bradley–Terry probabilities, losses, aggregates."""

@@ -1,0 +1,148 @@
+"""Identification of beta, a constant loss scale and the loss variant from logged losses.
+
+Given the loss a trainer logged per pair (or per batch) and the log-ratios of the same pairs,
+each candidate configuration predicts the logged values; the root-mean-square error (RMSE) of
+that prediction says how well the configuration explains the log.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import torch
+from scipy.optimize import minimize_scalar
+
+from dpodiag.compute.losses import LOSSES, LossSpec
+from dpodiag.compute.recompute import pair_batch
+
+# Rows used for fitting; a deterministic subsample keeps the fit fast on very large logs.
+MAX_FIT_ROWS = 50_000
+BETA_GRID = np.logspace(-3, 2, 61)
+
+
+@dataclass
+class LossFit:
+    """How well one configuration explains the logged losses."""
+
+    loss_type: str
+    beta: float
+    scale: float
+    rmse: float
+
+
+@dataclass
+class Identification:
+    """Fits of the logged losses: the declared configuration and the alternatives."""
+
+    logged_rms: float
+    """RMS of the logged losses themselves, the scale against which errors are judged."""
+    batch_level: bool
+    """True when the logged loss is one value per step (a batch mean), not one per pair."""
+    declared: LossFit | None = None
+    beta_fit: LossFit | None = None
+    scale_fit: LossFit | None = None
+    variants: dict[str, LossFit] = field(default_factory=dict)
+
+    def best_variant(self) -> LossFit | None:
+        return min(self.variants.values(), key=lambda fit: fit.rmse, default=None)
+
+
+def fit_rows(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Rows with a finite logged loss and finite log-ratios, subsampled to MAX_FIT_ROWS."""
+    usable = pairs.filter(pl.col("loss").is_finite() & pl.col("chosen_logratio").is_finite()
+                          & pl.col("rejected_logratio").is_finite())
+    if usable.height > MAX_FIT_ROWS:
+        usable = usable.sample(MAX_FIT_ROWS, seed=0)
+    return usable
+
+
+def is_batch_level(rows: pl.DataFrame) -> bool:
+    """True when every step logs a single loss value shared by all its pairs."""
+    per_step = rows.group_by(["split", "step"]).agg(pl.col("loss").n_unique().alias("n"),
+                                                    pl.len().alias("pairs"))
+    return bool((per_step.get_column("n") == 1).all() and (per_step.get_column("pairs") > 1).any())
+
+
+class _Predictor:
+    """Evaluates a loss variant on fixed rows, reduced per step when the log is batch-level."""
+
+    def __init__(self, rows: pl.DataFrame, per_token: bool, label_smoothing: float,
+                 simpo_gamma: float | None, batch_level: bool):
+        self.batch = pair_batch(rows, torch.device("cpu"), per_token)
+        self.options = {"label_smoothing": label_smoothing, "simpo_gamma": simpo_gamma}
+        self.batch_level = batch_level
+        groups = rows.select(pl.struct("split", "step").rank("dense").alias("g")).get_column("g")
+        self.groups = torch.from_numpy(groups.to_numpy().astype(np.int64) - 1)
+        self.n_groups = int(self.groups.max()) + 1 if len(groups) else 0
+        logged = torch.from_numpy(rows.get_column("loss").to_numpy().astype(np.float64))
+        self.logged = self._reduce(logged)
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.batch_level:
+            return values
+        sums = torch.zeros(self.n_groups, dtype=torch.float64).index_add_(0, self.groups, values)
+        counts = torch.zeros(self.n_groups, dtype=torch.float64).index_add_(
+            0, self.groups, torch.ones_like(values))
+        return sums / counts
+
+    def predict(self, spec: LossSpec, beta: float) -> torch.Tensor:
+        with torch.no_grad():
+            return self._reduce(spec.fn(self.batch, beta, **self.options).to(torch.float64))
+
+    def rmse(self, predicted: torch.Tensor, scale: float = 1.0) -> float:
+        error = scale * predicted - self.logged
+        value = float(torch.sqrt(torch.mean(error * error)))
+        return value if math.isfinite(value) else math.inf
+
+
+def _fit_beta(predictor: _Predictor, spec: LossSpec) -> LossFit:
+    """Grid search over log-spaced beta, then a bounded refinement around the best grid point."""
+    errors = [predictor.rmse(predictor.predict(spec, float(b))) for b in BETA_GRID]
+    best = int(np.argmin(errors))
+    low = math.log(BETA_GRID[max(best - 1, 0)])
+    high = math.log(BETA_GRID[min(best + 1, len(BETA_GRID) - 1)])
+    result = minimize_scalar(lambda log_beta: predictor.rmse(predictor.predict(spec, math.exp(log_beta))),
+                             bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    beta = math.exp(result.x) if result.fun <= errors[best] else float(BETA_GRID[best])
+    return LossFit(spec.name, beta, 1.0, min(float(result.fun), errors[best]))
+
+
+def identify(pairs: pl.DataFrame, loss_type: str | None, beta: float | None,
+             label_smoothing: float = 0.0, simpo_gamma: float | None = None,
+             per_token: bool = False, variants: bool = True) -> Identification | None:
+    """Fit the logged loss of a recomputed pair table; None when there is nothing to fit.
+
+    With a declared loss type and beta: the declared fit, the best beta for that loss type, and
+    the best constant scale k (logged = k * recomputed, least squares). With `variants`, the best
+    beta for every registered loss variant as well.
+    """
+    if "loss" not in pairs.columns:
+        return None
+    rows = fit_rows(pairs)
+    if rows.height < 8:
+        return None
+    batch_level = is_batch_level(rows)
+    predictor = _Predictor(rows, per_token, label_smoothing, simpo_gamma, batch_level)
+    logged_rms = float(torch.sqrt(torch.mean(predictor.logged ** 2)))
+    result = Identification(logged_rms=logged_rms, batch_level=batch_level)
+
+    # The declared configuration, its best beta and its best scale.
+    spec = LOSSES.get(loss_type or "")
+    if spec is not None and beta is not None:
+        predicted = predictor.predict(spec, beta)
+        result.declared = LossFit(spec.name, beta, 1.0, predictor.rmse(predicted))
+        result.beta_fit = _fit_beta(predictor, spec)
+        denominator = float(torch.sum(predicted * predicted))
+        if denominator > 0 and math.isfinite(denominator):
+            scale = float(torch.sum(predicted * predictor.logged)) / denominator
+            result.scale_fit = LossFit(spec.name, beta, scale, predictor.rmse(predicted, scale))
+
+    # Every variant at its own best beta.
+    if variants:
+        for candidate in LOSSES.values():
+            if candidate.needs_reference or predictor.batch.policy_chosen_logps is not None:
+                result.variants[candidate.name] = _fit_beta(predictor, candidate)
+    return result

@@ -1,0 +1,59 @@
+"""Readers: one per source format, chosen by content and name, all producing canonical Runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dpodiag.errors import InputError
+from dpodiag.io.pairs import pair_format, read_pair_log
+from dpodiag.schema import Run
+
+
+def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
+              flags: dict | None = None, dialect: str | None = None,
+              run_name: str | None = None) -> list[Run]:
+    """Read every run in `path` (a file or a folder) into canonical Runs.
+
+    Raises:
+        InputError: the path is missing, unreadable or in no supported format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder", "check the path")
+    if path.is_dir():
+        return _load_folder(path, column_map=column_map, flags=flags, dialect=dialect)
+    if pair_format(path):
+        return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name)
+    step_reader = _step_reader()
+    if step_reader is not None and step_reader.sniff_step_log(path):
+        run = step_reader.read_step_log(path, dialect=dialect, run_name=run_name)
+        from dpodiag.io.metadata import apply_metadata
+        apply_metadata(run.meta, path, {}, flags)
+        return [run]
+    raise InputError(path, "not a supported log format",
+                     "pass a pair log (.parquet, .csv, .jsonl) or a trainer step log; "
+                     "`dpodiag inspect` lists what is supported")
+
+
+def _load_folder(path: Path, **options) -> list[Run]:
+    """Read every supported log directly inside a folder."""
+    runs: list[Run] = []
+    for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if child.name.endswith(".dpodiag.json"):
+            continue
+        step_reader = _step_reader()
+        if pair_format(child) or (step_reader is not None and step_reader.sniff_step_log(child)):
+            runs.extend(load_runs(child, **options))
+    if not runs:
+        raise InputError(path, "the folder holds no supported log", "pass a folder with .parquet, "
+                         ".csv, .jsonl or trainer log files, or pass the files themselves")
+    return runs
+
+
+def _step_reader():
+    """Return the step-log reader package, or None while it is not installed."""
+    try:
+        from dpodiag.io import steplogs
+    except ImportError:
+        return None
+    return steplogs

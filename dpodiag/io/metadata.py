@@ -1,0 +1,98 @@
+"""Run metadata from parquet key-value metadata, a sidecar RUN.dpodiag.json and CLI flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from dpodiag.compute.losses import LOSSES, canonical_loss_type
+from dpodiag.errors import InputError, UsageError
+from dpodiag.schema import RunMeta
+
+METADATA_KEY = "dpodiag"
+NUMERIC_FIELDS = ("beta", "label_smoothing", "simpo_gamma")
+TEXT_FIELDS = ("loss_type", "logps_normalisation", "framework", "policy_model", "reference_model")
+
+
+def sidecar_path(path: Path) -> Path:
+    """Return RUN.dpodiag.json beside RUN, e.g. ``run.parquet`` -> ``run.dpodiag.json``."""
+    name = path.name
+    for suffix in (".gz", ".zst"):
+        name = name.removesuffix(suffix)
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return path.with_name(f"{stem}.dpodiag.json")
+
+
+def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, Any]:
+    """Check and normalise metadata values; `where` names the source in the error message."""
+    clean: dict[str, Any] = {}
+    for key in NUMERIC_FIELDS:
+        if values.get(key) is None:
+            continue
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _error(error, where, f"expected {key} to be a finite number, got {value!r}")
+        clean[key] = float(value)
+    if clean.get("beta") is not None and clean["beta"] <= 0:
+        raise _error(error, where, f"expected beta to be > 0, got {clean['beta']}")
+    for key in TEXT_FIELDS:
+        if values.get(key) is not None:
+            clean[key] = str(values[key])
+    if "loss_type" in clean:
+        loss_type = canonical_loss_type(clean["loss_type"])
+        if loss_type is None:
+            known = ", ".join(LOSSES)
+            raise _error(error, where, f"unknown loss_type {clean['loss_type']!r}; expected one of {known}")
+        clean["loss_type"] = loss_type
+    if clean.get("logps_normalisation") not in (None, "sum", "mean"):
+        raise _error(error, where, f"expected logps_normalisation to be 'sum' or 'mean', got "
+                                   f"{clean['logps_normalisation']!r}")
+    return clean
+
+
+def _error(error: type, where: str, problem: str):
+    if error is UsageError:
+        return UsageError(f"{where}: {problem}")
+    return error(where, problem, "fix the value or override it with a command-line flag")
+
+
+def read_parquet_meta(path: Path, key_value: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """Return the JSON object stored under the "dpodiag" key of a parquet file's metadata."""
+    raw = (key_value or {}).get(METADATA_KEY.encode())
+    if raw is None:
+        return {}
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        raise InputError(path, f"parquet metadata key {METADATA_KEY!r} is not valid JSON",
+                         "rewrite it as a JSON object or remove it") from None
+    if not isinstance(values, dict):
+        raise InputError(path, f"parquet metadata key {METADATA_KEY!r} is not a JSON object",
+                         "rewrite it as a JSON object")
+    return validate_meta(values, str(path), InputError)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Return the metadata in RUN.dpodiag.json beside `path`, or {} when there is none."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return {}
+    try:
+        values = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(sidecar, f"cannot read the sidecar metadata ({exc})",
+                         "fix the JSON or remove the file") from None
+    if not isinstance(values, dict):
+        raise InputError(sidecar, "the sidecar metadata is not a JSON object", "write a JSON object")
+    return validate_meta(values, str(sidecar), InputError)
+
+
+def apply_metadata(meta: RunMeta, path: Path, file_meta: dict[str, Any],
+                   flags: dict[str, Any] | None) -> RunMeta:
+    """Layer file metadata, the sidecar and CLI flags onto `meta`, in increasing precedence."""
+    meta.update(file_meta, "metadata")
+    meta.update(read_sidecar(path), "sidecar")
+    meta.update(validate_meta(flags or {}, "command line", UsageError), "flag")
+    return meta

@@ -1,0 +1,78 @@
+"""The pipeline behind every command: read runs, recompute, aggregate, check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpodiag import __version__
+from dpodiag.checks import Finding, RunData, run_checks
+from dpodiag.compute.aggregate import step_aggregates
+from dpodiag.compute.device import resolve_device
+from dpodiag.compute.recompute import recompute
+from dpodiag.errors import UsageError
+from dpodiag.io import load_runs
+from dpodiag.schema import Run
+
+
+@dataclass
+class Diagnosis:
+    """Every run with its derived tables, and every finding, in run order."""
+
+    runs: list[RunData]
+    findings: list[Finding]
+
+    def worst(self) -> str | None:
+        for severity in ("error", "warning", "info"):
+            if any(f.severity == severity for f in self.findings):
+                return severity
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of `dpodiag check --format json`."""
+        return {"dpodiag_version": __version__,
+                "runs": [run_summary(data.run) for data in self.runs],
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    first, last = run.steps
+    return {"run": run.name, "source": run.source, "level": run.level, "rows": run.table.height,
+            "splits": run.splits, "first_step": first, "last_step": last,
+            "beta": run.meta.beta, "beta_source": run.meta.source_of("beta"),
+            "loss_type": run.meta.loss_type, "loss_type_source": run.meta.source_of("loss_type")}
+
+
+def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
+    """Read every run in `paths`; run names are made unique by suffixing -2, -3, ..."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    runs: list[Run] = []
+    for path in paths:
+        runs.extend(load_runs(path, **options))
+    seen: dict[str, int] = {}
+    for run in runs:
+        count = seen.get(run.name, 0) + 1
+        seen[run.name] = count
+        if count > 1:
+            run.name = f"{run.name}-{count}"
+            run.table = run.table.with_columns(run.table.get_column("run").str.replace(r".*", run.name))
+    return runs
+
+
+def analyse(run: Run, device: str = "auto") -> RunData:
+    """Recompute a pair log and aggregate it per step; a step log passes through unchanged."""
+    if run.level == "steps":
+        return RunData(run=run, steps=run.table)
+    pairs = recompute(run, resolve_device(device))
+    return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs)
+
+
+def diagnose(runs: list[Run], device: str = "auto") -> Diagnosis:
+    """Analyse and check every run."""
+    if not runs:
+        raise UsageError("no run to diagnose")
+    analysed = [analyse(run, device) for run in runs]
+    findings = [finding for data in analysed for finding in run_checks(data)]
+    return Diagnosis(runs=analysed, findings=findings)

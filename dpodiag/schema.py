@@ -1,0 +1,144 @@
+"""Canonical tables and run metadata.
+
+Two evidence levels exist. A *pair table* has one row per preference pair scored at a step; a
+*step table* has one row per (split, logged step) with aggregates that a trainer logged. Both are
+polars DataFrames whose column names are fixed here, so that every reader produces them and every
+computation and check consumes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+# Pair-table columns: name -> polars dtype. Required ones are listed in PAIR_REQUIRED.
+PAIR_COLUMNS: dict[str, Any] = {
+    "step": pl.Int64,
+    "split": pl.Utf8,
+    "example_id": pl.Utf8,
+    "epoch": pl.Float64,
+    "policy_chosen_logps": pl.Float64,
+    "policy_rejected_logps": pl.Float64,
+    "reference_chosen_logps": pl.Float64,
+    "reference_rejected_logps": pl.Float64,
+    "chosen_logratio": pl.Float64,
+    "rejected_logratio": pl.Float64,
+    "chosen_length": pl.Float64,
+    "rejected_length": pl.Float64,
+    "loss": pl.Float64,
+    "beta": pl.Float64,
+    "preference_strength": pl.Float64,
+    "run": pl.Utf8,
+    "prompt": pl.Utf8,
+    "chosen": pl.Utf8,
+    "rejected": pl.Utf8,
+}
+FLOAT_PAIR_COLUMNS = [name for name, dtype in PAIR_COLUMNS.items() if dtype == pl.Float64]
+TEXT_PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+
+# Other names that trainers and tools use for the canonical pair columns. Matching ignores case.
+PAIR_ALIASES: dict[str, list[str]] = {
+    "step": ["global_step", "training_step", "train_step", "optimizer_step", "iteration", "iter"],
+    "split": ["mode", "phase", "stage"],
+    "example_id": ["id", "pair_id", "index", "idx", "sample_id", "prompt_id", "uid"],
+    "policy_chosen_logps": ["chosen_logps", "policy_chosen_logp", "chosen_logp", "logps_chosen",
+                            "logp_chosen", "policy_logps_chosen", "pi_chosen_logps"],
+    "policy_rejected_logps": ["rejected_logps", "policy_rejected_logp", "rejected_logp",
+                              "logps_rejected", "logp_rejected", "policy_logps_rejected",
+                              "pi_rejected_logps"],
+    "reference_chosen_logps": ["ref_chosen_logps", "ref_chosen_logp", "reference_chosen_logp",
+                               "ref_logps_chosen", "reference_logps_chosen",
+                               "reference_score_chosen"],
+    "reference_rejected_logps": ["ref_rejected_logps", "ref_rejected_logp",
+                                 "reference_rejected_logp", "ref_logps_rejected",
+                                 "reference_logps_rejected", "reference_score_rejected"],
+    "chosen_logratio": ["chosen_log_ratio", "chosen_logratios", "scores_chosen"],
+    "rejected_logratio": ["rejected_log_ratio", "rejected_logratios", "scores_rejected"],
+    "chosen_length": ["chosen_len", "len_chosen", "chosen_tokens", "chosen_num_tokens"],
+    "rejected_length": ["rejected_len", "len_rejected", "rejected_tokens", "rejected_num_tokens"],
+    "loss": ["pair_loss", "losses", "per_pair_loss"],
+    "preference_strength": ["agreement", "label_confidence", "preference_probability"],
+    "run": ["run_name", "run_id"],
+}
+
+# Step-table metric columns, shared by step logs and the aggregates of pair logs.
+STEP_KEYS = ["run", "split", "step"]
+STEP_METRICS = [
+    "epoch", "loss", "rewards_chosen", "rewards_rejected", "rewards_margins",
+    "rewards_accuracies", "logps_chosen", "logps_rejected", "logits_chosen", "logits_rejected",
+    "grad_norm", "learning_rate", "nll_loss",
+]
+
+SPLITS = ("train", "eval")
+
+# Where a metadata value came from, in increasing precedence; "inferred" and "default" fill gaps.
+META_SOURCES = ("default", "inferred", "trainer-config", "metadata", "sidecar", "flag")
+
+
+@dataclass
+class RunMeta:
+    """Run metadata with the source of each value that is set."""
+
+    beta: float | None = None
+    """Inverse temperature of the implicit reward; None when unknown."""
+    loss_type: str | None = None
+    """A loss variant name from `dpodiag.compute.losses.LOSSES`; None when unknown."""
+    label_smoothing: float = 0.0
+    """Preference flip rate eps of cDPO, robust and EXO."""
+    simpo_gamma: float | None = None
+    """Target reward margin of SimPO."""
+    logps_normalisation: str | None = None
+    """"sum" for summed sequence log-probs, "mean" for per-token averages."""
+    framework: str | None = None
+    policy_model: str | None = None
+    reference_model: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    """Field name -> one of META_SOURCES."""
+
+    def update(self, values: dict[str, Any], source: str) -> None:
+        """Set each known, non-null field of `values`, recording `source` for it."""
+        for key, value in values.items():
+            if key in self.__dataclass_fields__ and key != "sources" and value is not None:
+                setattr(self, key, value)
+                self.sources[key] = source
+
+    def source_of(self, name: str) -> str | None:
+        return self.sources.get(name)
+
+
+@dataclass
+class Run:
+    """One run as read from its source, in canonical form."""
+
+    name: str
+    source: str
+    level: str
+    """"pairs" or "steps"."""
+    table: pl.DataFrame
+    meta: RunMeta
+    format: str
+    """The detected input format, e.g. "parquet", "trainer_state.json"."""
+    dialect: str | None = None
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    """Canonical column -> the name it had in the input."""
+    notes: list[str] = field(default_factory=list)
+    """Rows dropped, values repaired and other things the reader did to the input."""
+
+    @property
+    def splits(self) -> list[str]:
+        present = set(self.table.get_column("split").unique().to_list())
+        return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+
+    @property
+    def steps(self) -> tuple[int | None, int | None]:
+        steps = self.table.get_column("step")
+        if steps.len() == 0:
+            return None, None
+        return int(steps.min()), int(steps.max())
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
