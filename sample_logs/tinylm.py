@@ -16,7 +16,6 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 LETTERS = "abcdefghijklmnop"
@@ -192,10 +191,12 @@ def sft_warmup(model: TinyLM, pairs: list[Pair], steps: int, batch_size: int,
                ) -> dict[int, dict[str, torch.Tensor]]:
     """Train `model` on prompt+chosen and prompt+rejected sequences, mixed, with dropout on.
 
-    The loss is the mean next-token negative log-likelihood over response tokens, so the model
-    learns both kinds of answers without a preference between them. Returns copies of the
-    weights before the optimizer step of each step in `snapshot_steps` (0 is the initial
-    weights) and after the last step, under the key `steps`.
+    The loss is the mean next-token negative log-likelihood over response tokens. Each pair's
+    chosen and rejected responses are seen equally often, but the model still ranks the chosen
+    reversal above most rejected responses, because random corruptions are harder to predict.
+
+    Returns weight copies keyed by step: for each step in `snapshot_steps` the weights before
+    that step's update (0 is the initial weights), and under the key `steps` the final weights.
     """
     # Every pair gives two SFT sequences, shuffled once per pass with a fixed seed.
     sequences = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]

@@ -1,8 +1,9 @@
 """A small DPO-family trainer for TinyLM that records one row per preference pair and step.
 
 Each seeded bug is a field of `TrainerConfig` that switches one line of the trainer, at the place
-where the same bug sits in real trainers. With every such field at its default the trainer is
-correct DPO.
+where the same bug sits in real trainers. The exception is a wrong reference checkpoint, which is
+the `reference_weights` argument of `train_dpo`. With every field at its default and the reference
+equal to the policy's start, the trainer is correct DPO.
 
 Notation: c and r are the policy's summed log-probs of the chosen and rejected responses, c0 and
 r0 the reference's, |c| and |r| the response token counts, h = (c - c0) - (r - r0).
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 
 from .tinylm import Pair, SequenceBatch, TinyLM, collate_sequences, token_logps
 
-# Factor that the injected activation spike applies to the logits. Any logit above
-# 65504 / 1e6 = 0.066 then overflows to inf in the fp16 cast.
+# Factor that the injected activation spike applies to the logits. Any logit of magnitude above
+# 65504 / 1e6 = 0.066 then overflows to +-inf in the float16 cast.
 SPIKE_FACTOR = 1e6
 
 
@@ -42,13 +43,14 @@ class TrainerConfig:
     reference_is_policy: bool = False
     """Score the reference with the policy itself under torch.no_grad."""
     reference_in_train_mode: bool = False
-    """Leave the reference module in train mode, so its dropout is active."""
+    """Skip the reference's eval() call, so it scores in train mode with dropout active."""
     loss_sign_flipped: bool = False
     """Use softplus(+beta * h) in place of softplus(-beta * h)."""
     hardcoded_loss_beta: float | None = None
     """Beta written into the loss in place of `beta`."""
     fp16_logits: bool = False
-    """Cast logits to float16 and back, as a model run in half precision returns them."""
+    """Round logits through float16, as a half-precision model returns them; log_softmax stays
+    in float32."""
     activation_spike_step: int | None = None
     """Train step whose policy logits get an activation spike of SPIKE_FACTOR."""
     log_accumulation_scaled_loss: bool = False
@@ -100,7 +102,8 @@ def sequence_logps(model: TinyLM, sequences: SequenceBatch, config: TrainerConfi
     if config.fp16_logits:
         logits = logits.half().float()
 
-    # Masked sum of the per-token log-probs; a NaN anywhere in a row propagates to its sum.
+    # Masked sum of the per-token log-probs. A NaN at any position of a row, masked or not,
+    # makes the row's sum NaN, because NaN * 0 is NaN.
     mask = sequences.after_prompt_mask if config.mask_includes_padding else sequences.response_mask
     return (token_logps(logits, sequences.ids) * mask[:, 1:]).sum(dim=1)
 
@@ -113,13 +116,13 @@ def score_batch(policy: TinyLM, reference: TinyLM | None, batch: PairBatch,
     lengths = batch.sequences.response_lengths
     reference_pair = None
 
-    # The reference scores under no_grad: the frozen module, or the live policy in the bug.
+    # The reference scores under no_grad. With reference_is_policy the live policy does, so
+    # every log-ratio is exactly 0.
     if reference is not None or config.reference_is_policy:
         with torch.no_grad():
             if config.reference_is_policy:
                 reference_logps = sequence_logps(policy, batch.sequences, config)
             else:
-                reference.train(config.reference_in_train_mode)
                 reference_logps = sequence_logps(reference, batch.sequences, config)
         reference_pair = (reference_logps[:size], reference_logps[size:])
 
@@ -200,7 +203,7 @@ def train_step(policy: TinyLM, reference: TinyLM | None, optimizer: torch.optim.
                pairs: list[Pair], config: TrainerConfig, step: int, epoch: float) -> list[dict]:
     """Run one optimizer step over `pairs` in gradient_accumulation_steps micro-batches.
 
-    The update is skipped when a gradient is not finite, as torch.amp.GradScaler does.
+    The update is skipped when a gradient is not finite, as torch.amp.GradScaler skips it.
     """
     accumulation = config.gradient_accumulation_steps
     micro_size = len(pairs) // accumulation
@@ -246,6 +249,9 @@ def train_dpo(config: TrainerConfig, policy_weights: dict, reference_weights: di
     and once more at step num_steps, after the last update. The policy runs without dropout.
     `reference_weights` None means a reference-free loss.
     """
+    if config.batch_size % config.gradient_accumulation_steps:
+        raise ValueError(f"batch_size {config.batch_size} is not a multiple of "
+                         f"gradient_accumulation_steps {config.gradient_accumulation_steps}")
     torch.manual_seed(config.seed)
 
     # Policy: trainable, dropout off for the loss forward passes.
@@ -253,12 +259,15 @@ def train_dpo(config: TrainerConfig, policy_weights: dict, reference_weights: di
     policy.load_state_dict(policy_weights)
     policy.eval()
 
-    # Reference: frozen; score_batch sets its train/eval mode.
+    # Reference: frozen and in eval mode. Without the eval() call a new module stays in train
+    # mode, so its dropout is active.
     reference = None
     if reference_weights is not None:
         reference = TinyLM()
         reference.load_state_dict(reference_weights)
         reference.requires_grad_(False)
+        if not config.reference_in_train_mode:
+            reference.eval()
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     schedule = batch_schedule(len(train_pairs), config.batch_size, config.num_steps, config.seed)
