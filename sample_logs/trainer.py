@@ -49,8 +49,8 @@ class TrainerConfig:
     hardcoded_loss_beta: float | None = None
     """Beta written into the loss in place of `beta`."""
     fp16_logits: bool = False
-    """Round logits through float16, as a half-precision model returns them; log_softmax stays
-    in float32."""
+    """Round logits through float16, as a half-precision model returns them. log_softmax still
+    runs in float32."""
     activation_spike_step: int | None = None
     """Train step whose policy logits get an activation spike of SPIKE_FACTOR."""
     log_accumulation_scaled_loss: bool = False

@@ -55,3 +55,8 @@ def write_parquet(frame: pl.DataFrame, path: Path, **meta) -> Path:
 
 
 LN2 = math.log(2)
+
+
+def codes(findings, severity=None):
+    """The set of finding codes, optionally of one severity."""
+    return {f.code for f in findings if severity is None or f.severity == severity}

@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("dpodiag: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "dpodiag"
+        click.echo(f"dpodiag: error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"dpodiag: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except DpodiagError as exc:
         click.echo(f"dpodiag: error: {exc}", err=True)

@@ -1,0 +1,160 @@
+"""Plotly trace and layout dicts in the report's visual language, and series downsampling.
+
+One colour per run (by run order, the same in every chart); train lines solid, eval lines dashed
+with markers. A quantity measured by the trainer is a thin line; the value it should match
+(recomputed loss, entropy) is a wide pale line underneath, so agreement shows as a thin line
+inside a pale band.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+# Okabe–Ito colours, distinguishable with the common colour-vision deficiencies.
+RUN_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+# Points kept per series; charts are about 400-1100 px wide, so more would not show.
+MAX_POINTS = 240
+SPLIT_DASH = {"train": "solid", "eval": "dash"}
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Liberation Sans', Arial, sans-serif"
+
+
+def run_colour(index: int) -> str:
+    """Return the colour of the run at position `index` in the report."""
+    return RUN_COLOURS[index % len(RUN_COLOURS)]
+
+
+def step_series(steps: pl.DataFrame, split: str, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return (step, value) arrays of one split, sorted by step; None when nothing is finite."""
+    if column not in steps.columns or "step" not in steps.columns:
+        return None
+    if "split" in steps.columns:
+        steps = steps.filter(pl.col("split") == split)
+    elif split != "train":
+        return None
+    frame = steps.select("step", pl.col(column).cast(pl.Float64, strict=False)).sort("step")
+    x = frame.get_column("step").to_numpy()
+    y = frame.get_column(column).fill_null(np.nan).to_numpy().astype(np.float64)
+    if not np.isfinite(y).any():
+        return None
+    return x, y
+
+
+def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most `max_points` points: the ends and, per bucket, the minimum, the maximum and
+    the first non-finite value (so spikes and NaN gaps survive)."""
+    if len(x) <= max_points:
+        return x, y
+    keep = {0, len(x) - 1}
+    edges = np.linspace(0, len(x), max_points // 3 + 1).astype(int)
+    for start, stop in zip(edges[:-1], edges[1:]):
+        segment = y[start:stop]
+        finite = np.flatnonzero(np.isfinite(segment))
+        # A bucket with any NaN or Inf keeps one, so that the line shows a gap there.
+        if len(finite) < len(segment):
+            keep.add(start + int(np.flatnonzero(~np.isfinite(segment))[0]))
+        if len(finite):
+            keep.add(start + int(finite[np.argmin(segment[finite])]))
+            keep.add(start + int(finite[np.argmax(segment[finite])]))
+    index = np.array(sorted(keep))
+    return x[index], y[index]
+
+
+def envelope(x: np.ndarray, columns: dict[str, np.ndarray], upper: set[str],
+             max_points: int = MAX_POINTS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Downsample a band: per bucket, upper columns keep their maximum, the others their minimum
+    except `median` columns (named in `upper` as well as not), which keep the bucket median."""
+    if len(x) <= max_points:
+        return x, columns
+    edges = np.linspace(0, len(x), max_points + 1).astype(int)
+    centres = np.array([x[(a + b - 1) // 2] for a, b in zip(edges[:-1], edges[1:])])
+    reduced = {}
+    for name, values in columns.items():
+        reduce = np.nanmax if name in upper else np.nanmedian if name.endswith("q50") else np.nanmin
+        reduced[name] = np.array([reduce(values[a:b]) if np.isfinite(values[a:b]).any() else np.nan
+                                  for a, b in zip(edges[:-1], edges[1:])])
+    return centres, reduced
+
+
+def axis_names(panel: int) -> tuple[str, str]:
+    """Return the trace axis references ("x", "y"), ("x2", "y2"), ... of panel `panel` (0-based)."""
+    suffix = "" if panel == 0 else str(panel + 1)
+    return f"x{suffix}", f"y{suffix}"
+
+
+def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, label: str = "",
+         panel: int = 0, legend: bool = True, expected: bool = False) -> dict[str, Any]:
+    """A line trace of one run and split; `expected` draws the wide pale reference style."""
+    x, y = downsample(x, y)
+    xaxis, yaxis = axis_names(panel)
+    eval_markers = split == "eval" and not expected
+    name = f"{run} · {split}" + (f" · {label}" if label else "")
+    return {
+        "type": "scatter", "mode": "lines+markers" if eval_markers else "lines",
+        "x": x, "y": y, "name": name, "legendgroup": run, "showlegend": legend,
+        "xaxis": xaxis, "yaxis": yaxis,
+        "line": {"color": colour, "width": 7 if expected else 2,
+                 "dash": SPLIT_DASH.get(split, "dot")},
+        "marker": {"size": 5, "color": colour},
+        "opacity": 0.3 if expected else 1.0,
+        "hovertemplate": f"step %{{x}}<br>%{{y:.4g}}<extra>{_hover_name(name)}</extra>",
+    }
+
+
+def _hover_name(name: str) -> str:
+    # Plotly renders hover text as a small HTML subset; spell out the characters it would parse.
+    return name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("%", "%%")
+
+
+def hline(value: float, panel: int = 0, text: str = "") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A dotted grey horizontal reference line across one panel, with an optional label."""
+    xaxis, yaxis = axis_names(panel)
+    shape = {"type": "line", "xref": f"{xaxis} domain", "x0": 0, "x1": 1, "yref": yaxis,
+             "y0": value, "y1": value, "line": {"color": "#777", "width": 1, "dash": "dot"}}
+    if not text:
+        return shape, None
+    label = {"xref": f"{xaxis} domain", "x": 1, "xanchor": "right", "yref": yaxis, "y": value,
+             "yanchor": "bottom", "text": text, "showarrow": False,
+             "font": {"size": 11, "color": "#555"}}
+    return shape, label
+
+
+def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", height: int = 360,
+           shared_y: bool = False) -> dict[str, Any]:
+    """A layout with `len(panels)` side-by-side panels titled by `panels`."""
+    count = len(panels)
+    gap = 0.07 if count > 1 else 0.0
+    width = (1 - gap * (count - 1)) / count
+    result: dict[str, Any] = {
+        "height": height, "margin": {"l": 60, "r": 20, "t": 36, "b": 40},
+        "font": {"family": FONT, "size": 12, "color": "#222"},
+        "paper_bgcolor": "#fff", "plot_bgcolor": "#fff", "hovermode": "closest",
+        "legend": {"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0, "font": {"size": 11}},
+        "annotations": [], "shapes": [],
+    }
+    for index, title in enumerate(panels):
+        xaxis, yaxis = axis_names(index)
+        start = index * (width + gap)
+        result[_layout_key(xaxis)] = {"domain": [start, start + width], "anchor": yaxis,
+                                      "title": {"text": x_title}, **_AXIS}
+        y_axis = {"anchor": xaxis, "title": {"text": y_titles[index]}, **_AXIS}
+        if shared_y and index:
+            y_axis["matches"] = "y"
+        result[_layout_key(yaxis)] = y_axis
+        if count > 1:
+            result["annotations"].append({"text": f"<b>{title}</b>", "showarrow": False,
+                                          "xref": "paper", "yref": "paper", "x": start + width / 2,
+                                          "y": 1.0, "yanchor": "bottom", "xanchor": "center",
+                                          "font": {"size": 13}})
+    return result
+
+
+_AXIS = {"showline": True, "linecolor": "#999", "gridcolor": "#e6e6e6", "zeroline": False,
+         "ticks": "outside", "tickcolor": "#999", "automargin": True}
+
+
+def _layout_key(axis: str) -> str:
+    # Trace references "x2"; the layout key is "xaxis2".
+    return f"{axis[0]}axis{axis[1:]}"

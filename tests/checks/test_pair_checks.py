@@ -1,0 +1,190 @@
+"""Each pair-level check on a case where it fires and one where it must not."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from synthetic import codes, make_pairs, softplus
+
+
+def test_healthy_run_has_no_error(check_frame):
+    findings = check_frame(make_pairs(eval_every=5))
+    assert codes(findings, "error") == set()
+    assert codes(findings, "warning") == set()
+
+
+# reference-tracks-policy
+
+def tracking(frame):
+    return frame.with_columns(reference_chosen_logps=pl.col("policy_chosen_logps"),
+                              reference_rejected_logps=pl.col("policy_rejected_logps"),
+                              loss=pl.lit(np.log(2)))
+
+
+def test_reference_tracks_policy_fires(check_frame):
+    findings = check_frame(tracking(make_pairs()))
+    (finding,) = [f for f in findings if f.code == "reference-tracks-policy"]
+    assert finding.evidence["zero_logratio_share"] == 1.0
+    assert finding.evidence["policy_logps_change"] > 1
+
+
+def test_reference_tracks_policy_silent_when_policy_frozen(check_frame):
+    # A policy that never moves has zero log-ratios legitimately: nothing learns, nothing is wrong
+    # with the reference.
+    frozen = make_pairs(chosen_drift=0, rejected_drift=0, noise=0)
+    assert "reference-tracks-policy" not in codes(check_frame(frozen))
+
+
+def test_reference_tracks_policy_skipped_for_reference_free_loss(check_frame):
+    findings = check_frame(tracking(make_pairs()), loss_type="simpo", beta=2.0)
+    assert "reference-tracks-policy" not in codes(findings)
+    skipped = [f for f in findings if f.code == "checks-skipped"][0]
+    assert "reference-free" in skipped.evidence["skipped"]["reference-tracks-policy"]
+
+
+# reference-missing
+
+def test_reference_missing_fires_without_reference_columns(check_frame):
+    frame = make_pairs().drop("reference_chosen_logps", "reference_rejected_logps", "loss")
+    assert "reference-missing" in codes(check_frame(frame), "error")
+
+
+def test_reference_missing_fires_on_all_zero_reference(check_frame):
+    frame = make_pairs().with_columns(reference_chosen_logps=pl.lit(0.0), reference_rejected_logps=pl.lit(0.0))
+    assert "reference-missing" in codes(check_frame(frame.drop("loss")), "error")
+
+
+def test_reference_missing_silent_for_simpo(check_frame):
+    frame = make_pairs().drop("reference_chosen_logps", "reference_rejected_logps", "loss")
+    assert "reference-missing" not in codes(check_frame(frame, loss_type="simpo", beta=2.0))
+
+
+# reference-not-initial-policy
+
+def test_reference_not_initial_policy_fires(check_frame):
+    frame = make_pairs().with_columns(reference_chosen_logps=pl.col("reference_chosen_logps") - 3.0)
+    findings = check_frame(frame.drop("loss"))
+    (finding,) = [f for f in findings if f.code == "reference-not-initial-policy"]
+    assert finding.step == 0
+    assert finding.evidence["median_abs_logratio"] > finding.evidence["tolerance"]
+
+
+def test_reference_not_initial_policy_tolerates_bf16_noise(check_frame):
+    # bf16 scoring of the same weights: relative error well under 1% of the sequence log-prob.
+    rng = np.random.default_rng(3)
+    frame = make_pairs()
+    noise = pl.Series(rng.normal(0, 0.02, frame.height))
+    frame = frame.with_columns(reference_chosen_logps=pl.col("reference_chosen_logps") + noise)
+    assert "reference-not-initial-policy" not in codes(check_frame(frame.drop("loss")))
+
+
+def test_reference_not_initial_policy_skipped_without_step_zero(check_frame):
+    frame = make_pairs(start_step=10).with_columns(reference_chosen_logps=pl.col("reference_chosen_logps") - 3)
+    findings = check_frame(frame.drop("loss"))
+    assert "reference-not-initial-policy" not in codes(findings)
+
+
+# preference-direction-inverted
+
+def test_preference_inverted_fires(check_frame):
+    frame = make_pairs(chosen_drift=-0.3, rejected_drift=0.1)
+    # The sign error: the trainer minimised softplus(+beta*h), which falls as h goes negative.
+    frame = frame.with_columns(loss=softplus(0.1 * ((pl.col("policy_chosen_logps") - pl.col("reference_chosen_logps"))
+                                                   - (pl.col("policy_rejected_logps") - pl.col("reference_rejected_logps")))))
+    findings = check_frame(frame)
+    (finding,) = [f for f in findings if f.code == "preference-direction-inverted"]
+    assert finding.evidence["late_reward_accuracy"] < 0.4
+    assert finding.evidence["late_logged_loss"] < finding.evidence["early_logged_loss"]
+
+
+def test_preference_inverted_silent_on_slow_healthy_run(check_frame):
+    # Learning slowly with noise: accuracy near chance early is not an inversion.
+    frame = make_pairs(chosen_drift=0.0, rejected_drift=-0.02, noise=0.5, seed=4)
+    assert "preference-direction-inverted" not in codes(check_frame(frame))
+
+
+# beta-mismatch, loss-scale-mismatch, loss-type-mismatch, loss-mismatch
+
+def test_beta_mismatch_fires(check_frame):
+    findings = check_frame(make_pairs(loss_beta=0.5))
+    (finding,) = [f for f in findings if f.code == "beta-mismatch"]
+    assert finding.evidence["fitted_beta"] == pytest.approx(0.5, rel=1e-3)
+    assert "loss-scale-mismatch" not in codes(findings)
+
+
+def test_beta_mismatch_silent_with_rounded_loss(check_frame):
+    # transformers 4.x rounds logged losses to 4 decimals.
+    frame = make_pairs().with_columns(pl.col("loss").round(4))
+    assert codes(check_frame(frame), "error") == set()
+
+
+def test_loss_scale_mismatch_fires(check_frame):
+    frame = make_pairs().with_columns(pl.col("loss") / 4)
+    findings = check_frame(frame)
+    (finding,) = [f for f in findings if f.code == "loss-scale-mismatch"]
+    assert finding.evidence["scale"] == pytest.approx(0.25, rel=1e-6)
+    assert "beta-mismatch" not in codes(findings)
+
+
+def test_loss_type_mismatch_fires_for_hinge_logged_as_sigmoid(check_frame):
+    frame = make_pairs().with_columns(
+        loss=(1 - 0.1 * ((pl.col("policy_chosen_logps") - pl.col("reference_chosen_logps"))
+                         - (pl.col("policy_rejected_logps") - pl.col("reference_rejected_logps")))).clip(0))
+    findings = check_frame(frame)
+    (finding,) = [f for f in findings if f.code == "loss-type-mismatch"]
+    assert finding.evidence["fitted"] == "hinge"
+
+
+def test_loss_mismatch_fires_when_nothing_explains(check_frame):
+    rng = np.random.default_rng(0)
+    frame = make_pairs()
+    frame = frame.with_columns(loss=pl.Series(rng.uniform(0, 2, frame.height)))
+    assert "loss-mismatch" in codes(check_frame(frame), "error")
+
+
+def test_batch_level_loss_is_compared_per_step(check_frame):
+    frame = make_pairs(noise=0.3).with_columns(pl.col("loss").mean().over("step"))
+    assert codes(check_frame(frame), "error") == set()
+
+
+# non-finite-values
+
+def test_non_finite_values_fires(check_frame):
+    frame = make_pairs().with_columns(
+        pl.when(pl.col("step") == 7).then(float("nan")).otherwise(pl.col("policy_chosen_logps"))
+        .alias("policy_chosen_logps"))
+    (finding,) = [f for f in check_frame(frame) if f.code == "non-finite-values"]
+    assert finding.step == 7
+    assert finding.evidence["columns"]["policy_chosen_logps"] == 16
+
+
+def test_non_finite_values_silent_on_finite_log(check_frame):
+    assert "non-finite-values" not in codes(check_frame(make_pairs()))
+
+
+# invalid-logprobs
+
+@pytest.mark.parametrize("column,value", [("policy_chosen_logps", 0.0), ("reference_rejected_logps", 3.5),
+                                          ("chosen_length", 0.0)])
+def test_invalid_logprobs_fires(check_frame, column, value):
+    frame = make_pairs().with_columns(
+        pl.when(pl.col("step") == 2).then(value).otherwise(pl.col(column)).alias(column)).drop("loss")
+    (finding,) = [f for f in check_frame(frame) if f.code == "invalid-logprobs"]
+    assert column in finding.evidence["problems"]
+
+
+def test_invalid_logprobs_silent_on_negative_logps(check_frame):
+    assert "invalid-logprobs" not in codes(check_frame(make_pairs()))
+
+
+# too-little-data
+
+def test_too_little_data_fires_on_short_run(check_frame):
+    findings = check_frame(make_pairs(steps=3, pairs=4))
+    assert "too-little-data" in codes(findings, "warning")
+    skipped = [f for f in findings if f.code == "checks-skipped"][0]
+    assert "preference-direction-inverted" in skipped.evidence["skipped"]
+
+
+def test_too_little_data_silent_on_long_run(check_frame):
+    assert "too-little-data" not in codes(check_frame(make_pairs()))

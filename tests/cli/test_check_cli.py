@@ -1,0 +1,90 @@
+"""`dpodiag check` as a user runs it: a subprocess, its output and its exit status."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from synthetic import make_pairs, write_parquet
+
+
+def dpodiag(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dpodiag", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("logs")
+    healthy = write_parquet(make_pairs(eval_every=5), folder / "healthy.parquet", beta=0.1, loss_type="sigmoid")
+    broken = write_parquet(make_pairs(loss_beta=0.5), folder / "broken.parquet", beta=0.1, loss_type="sigmoid")
+    return healthy, broken
+
+
+def test_exit_zero_on_healthy_run(logs):
+    result = dpodiag("check", logs[0])
+    assert result.returncode == 0, result.stderr
+    assert "no error or warning" in result.stdout
+
+
+def test_exit_one_on_error(logs):
+    result = dpodiag("check", logs[1])
+    assert result.returncode == 1
+    assert "ERROR   beta-mismatch" in result.stdout
+
+
+def test_fail_on_never(logs):
+    assert dpodiag("check", logs[1], "--fail-on", "never").returncode == 0
+
+
+def test_json_document(logs):
+    result = dpodiag("check", *logs, "--format", "json")
+    document = json.loads(result.stdout)
+    assert set(document) == {"dpodiag_version", "runs", "findings"}
+    first = document["runs"][0]
+    assert set(first) == {"run", "source", "level", "rows", "splits", "first_step", "last_step",
+                          "beta", "beta_source", "loss_type", "loss_type_source"}
+    assert (first["run"], first["level"], first["beta_source"]) == ("healthy", "pairs", "metadata")
+    assert first["splits"] == ["train", "eval"]
+    errors = [f for f in document["findings"] if f["severity"] == "error"]
+    assert [(f["code"], f["run"]) for f in errors] == [("beta-mismatch", "broken")]
+    assert set(errors[0]) == {"code", "severity", "run", "split", "step", "title", "message", "evidence"}
+
+
+def test_markdown_summary(logs):
+    result = dpodiag("check", *logs, "--format", "markdown")
+    assert result.stdout.startswith("## dpodiag check")
+    assert "| error | `beta-mismatch` | broken |" in result.stdout
+
+
+def test_flags_override_metadata(logs):
+    document = json.loads(dpodiag("check", logs[1], "--beta", "0.5", "--format", "json").stdout)
+    assert document["runs"][0]["beta_source"] == "flag"
+    assert not [f for f in document["findings"] if f["severity"] == "error"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.parquet"], "missing.parquet: no such file or folder"),
+    (["{bad}", "--beta", "-1"], "expected beta to be > 0"),
+    (["{bad}", "--column", "nonsense"], "expected --column CANONICAL=THEIRS"),
+    (["{bad}", "--device", "tpu"], "Invalid value for '--device'"),
+])
+def test_invalid_input_exits_two_with_one_line(tmp_path, logs, args, message):
+    args = [a.replace("{bad}", str(logs[0])) for a in args]
+    result = dpodiag("check", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_column_error_names_file_and_column(tmp_path):
+    path = tmp_path / "nolog.csv"
+    pl.DataFrame({"step": [0], "policy_chosen_logps": [-1.0]}).write_csv(path)
+    result = dpodiag("check", path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dpodiag: error: {path}: missing column 'policy_rejected_logps' (and no "
+        "chosen_logratio/rejected_logratio); add the policy log-probs or the log-ratios, or map them with --column"]
