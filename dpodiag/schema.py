@@ -95,13 +95,17 @@ class RunMeta:
     framework: str | None = None
     policy_model: str | None = None
     reference_model: str | None = None
+    trainer_config: dict[str, Any] = field(default_factory=dict)
+    """Other trainer settings that change what is logged (use_weighting, ld_alpha, rpo_alpha,
+    f_divergence_type, sync_ref_model, ...), as the trainer's own files state them."""
     sources: dict[str, str] = field(default_factory=dict)
     """Field name -> one of META_SOURCES."""
 
     def update(self, values: dict[str, Any], source: str) -> None:
         """Set each known, non-null field of `values`, recording `source` for it."""
         for key, value in values.items():
-            if key in self.__dataclass_fields__ and key != "sources" and value is not None:
+            if key in self.__dataclass_fields__ and key not in ("sources", "trainer_config") \
+                    and value is not None:
                 setattr(self, key, value)
                 self.sources[key] = source
 

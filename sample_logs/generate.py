@@ -121,7 +121,7 @@ RUNS = [
             "SimPO without a reference: softplus(-(beta*(c/|c| - r/|r|) - gamma)), beta 2.0, "
             "gamma 0.5. The logps columns hold summed log-probs.",
             reference=None,
-            recorded={"simpo_gamma": 0.5, "logps_normalisation": "mean"}),
+            recorded={"simpo_gamma": 0.5, "logps_normalisation": "sum"}),
 ]
 RUN_NAMES = [spec.name for spec in RUNS]
 

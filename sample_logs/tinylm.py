@@ -1,7 +1,7 @@
 """A tiny decoder-only transformer, the synthetic reversal task it learns, and its SFT warm-up.
 
 The task: the prompt is 3 to 8 letters from a 16-letter alphabet. The chosen response is the
-prompt reversed. The rejected response is a plausible wrong answer: the prompt copied in its
+prompt reversed. The rejected response is a plausible wrong one: the prompt copied in its
 original order, or the reversal with one symbol dropped, inserted or 1-2 symbols substituted.
 So chosen and rejected lengths differ for the pairs with a dropped or inserted symbol.
 
@@ -38,7 +38,7 @@ class Pair:
 
 
 def corrupt_reversal(prompt: str, rng: random.Random) -> str:
-    """Return a wrong answer for `prompt`: a plain copy (40%) or a damaged reversal (20% each).
+    """Return a wrong response for `prompt`: a plain copy (40%) or a damaged reversal (20% each).
 
     A damaged reversal has one symbol dropped, one random symbol inserted, or 1-2 symbols
     replaced by other letters. A copy of a palindrome equals the reversal, so a palindrome gets
@@ -132,7 +132,9 @@ class Block(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.attention_out = nn.Linear(width, width)
         self.mlp_norm = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
@@ -158,7 +160,7 @@ class TinyLM(nn.Module):
     """Decoder-only transformer with learned positions and an output layer tied to the embedding.
 
     The defaults (width 64, 2 blocks, 4 heads) give 102,656 parameters. Right padding needs no
-    attention mask: under the causal mask no real token attends to the padding after it.
+    attention mask, because under the causal mask no real token attends to the padding after it.
     """
 
     def __init__(self, width: int = 64, blocks: int = 2, heads: int = 4, dropout: float = 0.1):

@@ -1,9 +1,9 @@
 """A small DPO-family trainer for TinyLM that records one row per preference pair and step.
 
-Each seeded bug is a field of `TrainerConfig` that switches one line of the trainer, at the place
-where the same bug sits in real trainers. The exception is a wrong reference checkpoint, which is
-the `reference_weights` argument of `train_dpo`. With every field at its default and the reference
-equal to the policy's start, the trainer is correct DPO.
+Each seeded bug is a field of `TrainerConfig` that switches one line of the trainer. The exception
+is a wrong reference checkpoint, which is the `reference_weights` argument of `train_dpo`. With
+every field at its default and the reference equal to the policy's start, the trainer is correct
+DPO.
 
 Notation: c and r are the policy's summed log-probs of the chosen and rejected responses, c0 and
 r0 the reference's, |c| and |r| the response token counts, h = (c - c0) - (r - r0).
@@ -27,7 +27,7 @@ SPIKE_FACTOR = 1e6
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Trainer settings; the fields after `seed` each switch on one seeded bug."""
+    """Trainer settings. Each field after `seed` switches on one seeded bug."""
 
     loss_type: str = "sigmoid"
     """"sigmoid" (DPO), "ipo" or "simpo"."""
@@ -73,7 +73,7 @@ class PairBatch:
 
 @dataclass
 class PairScores:
-    """Per-pair tensors of shape (B,); index 0 of each tuple is the first column read."""
+    """Per-pair tensors of shape (B,). Index 0 of each tuple belongs to the first column read."""
 
     policy: tuple[torch.Tensor, torch.Tensor]
     reference: tuple[torch.Tensor, torch.Tensor] | None
@@ -158,7 +158,7 @@ def pair_losses(scores: PairScores, config: TrainerConfig) -> torch.Tensor:
 
     # DPO: softplus(-beta * h), or softplus(+beta * h) with the flipped sign.
     if config.loss_type != "sigmoid":
-        raise ValueError(f"unknown loss_type {config.loss_type!r}; use sigmoid, ipo or simpo")
+        raise ValueError(f"invalid loss_type {config.loss_type!r}: expected sigmoid, ipo or simpo")
     logits = beta * ((chosen - reference_chosen) - (rejected - reference_rejected))
     return F.softplus(logits) if config.loss_sign_flipped else F.softplus(-logits)
 
@@ -250,7 +250,7 @@ def train_dpo(config: TrainerConfig, policy_weights: dict, reference_weights: di
     `reference_weights` None means a reference-free loss.
     """
     if config.batch_size % config.gradient_accumulation_steps:
-        raise ValueError(f"batch_size {config.batch_size} is not a multiple of "
+        raise ValueError(f"invalid batch_size {config.batch_size}: expected a multiple of "
                          f"gradient_accumulation_steps {config.gradient_accumulation_steps}")
     torch.manual_seed(config.seed)
 
@@ -282,5 +282,6 @@ def train_dpo(config: TrainerConfig, policy_weights: dict, reference_weights: di
         rows += train_step(policy, reference, optimizer, batch_pairs, config, step, epoch)
 
     final_step = len(schedule)
-    rows += evaluate(policy, reference, eval_pairs, config, final_step, final_step / steps_per_epoch)
+    final_epoch = final_step / steps_per_epoch
+    rows += evaluate(policy, reference, eval_pairs, config, final_step, final_epoch)
     return rows

@@ -3,6 +3,3 @@ from pathlib import Path
 
 # Tests import the small helpers in tests/ (synthetic.py) as top-level modules.
 sys.path.insert(0, str(Path(__file__).parent))
-
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_LOGS = REPO / "sample_logs"

@@ -55,6 +55,7 @@ def write_parquet(frame: pl.DataFrame, path: Path, **meta) -> Path:
 
 
 LN2 = math.log(2)
+SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
 
 
 def codes(findings, severity=None):

@@ -56,6 +56,29 @@ class RunData:
     def loss_spec(self) -> LossSpec | None:
         return LOSSES.get(self.run.meta.loss_type or "")
 
+    @property
+    def dialect(self):
+        """The step log's Dialect (dpodiag.dialects), or None for pair logs and unknown names."""
+        if self.run.dialect is None:
+            return None
+        from dpodiag.dialects import DIALECTS
+        return DIALECTS.get(self.run.dialect)
+
+    def loss_type_for_checks(self) -> tuple[str | None, str]:
+        """The loss type a check may assume, and where it comes from.
+
+        The declared loss type comes first, then the one the dialect's keys prove; a step log of a
+        reference-based DPO trainer otherwise runs that trainer's default, the sigmoid loss.
+        """
+        if self.run.meta.loss_type is not None:
+            return self.run.meta.loss_type, self.run.meta.source_of("loss_type") or "declared"
+        dialect = self.dialect
+        if dialect is not None and dialect.implied_loss_type:
+            return dialect.implied_loss_type, f"implied by the {dialect.name} keys"
+        if dialect is not None and dialect.preference and dialect.paired and not dialect.reference_free:
+            return "sigmoid", f"the {dialect.name} default"
+        return None, "unknown"
+
     def split_steps(self, split: str) -> pl.DataFrame:
         return self.steps.filter(pl.col("split") == split).sort("step")
 
@@ -110,4 +133,20 @@ def require_reference_loss(data: RunData) -> LossSpec | None:
     spec = data.loss_spec
     if spec is not None and not spec.needs_reference:
         raise Skip(f"{spec.name} is reference-free")
+    dialect = data.dialect
+    if dialect is not None and dialect.reference_free:
+        raise Skip(f"the {dialect.name} objective is reference-free")
     return spec
+
+
+def require_steps(data: RunData, split: str, columns: list[str], minimum: int) -> pl.DataFrame:
+    """Return the split's step rows where every column is finite; skip with fewer than `minimum`."""
+    missing = [c for c in columns if c not in data.steps.columns]
+    if missing:
+        raise Skip(f"the log has no {', '.join(missing)}")
+    rows = data.split_steps(split)
+    for column in columns:
+        rows = rows.filter(pl.col(column).is_finite())
+    if rows.height < minimum:
+        raise Skip(f"needs at least {minimum} {split} records with {', '.join(columns)}")
+    return rows

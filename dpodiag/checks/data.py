@@ -62,7 +62,9 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
     problems: dict[str, dict[str, int]] = {}
     for column in [c for c in LOGPS_COLUMNS if c in pairs.columns]:
         values = pairs.get_column(column)
-        positive, zero = int((values > 1e-6).sum()), int((values == 0).sum())
+        # NaN compares above every number in polars; non-finite values are another check's.
+        positive = int((values.is_finite() & (values > 1e-6)).sum())
+        zero = int((values == 0).sum())
         if positive or zero:
             problems[column] = {"positive": positive, "zero": zero}
     for column in [c for c in ("chosen_length", "rejected_length") if c in pairs.columns]:

@@ -46,6 +46,8 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         if late_loss < early_loss:
             loss_text = (f" The logged loss fell from {early_loss:.4f} to {late_loss:.4f} all the same, "
                          "so the loss rewards the wrong direction. ")
+    if data.pairs is not None:
+        loss_text += _sign_error_text(data, evidence)
     return [data.finding(
         "preference-direction-inverted", "Training prefers the rejected responses",
         f"Reward accuracy ends at {late_accuracy:.2f} (below chance) and the mean reward margin "
@@ -54,8 +56,26 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
 
 
-def identification(data: RunData) -> Identification:
-    """Fit the logged per-pair losses once per run (cached); skip when nothing can be fitted."""
+def _sign_error_text(data: RunData, evidence: dict) -> str:
+    """A sentence when the logged loss is the declared loss with the margin's sign flipped."""
+    try:
+        ident = identifications(data).get("train")
+    except Skip:
+        return ""
+    if ident is None or ident.sign_flipped is None or not explains(ident.sign_flipped.rmse, ident):
+        return ""
+    evidence["sign_flipped_rmse"] = ident.sign_flipped.rmse
+    return (f"The logged loss equals {ident.declared.loss_type} with the margin's sign flipped "
+            f"(RMSE {ident.sign_flipped.rmse:.2g}): the loss has a sign error, or the log names "
+            "chosen what the loss treated as rejected. ")
+
+
+def identifications(data: RunData) -> dict[str, Identification]:
+    """Fit the logged per-pair losses of each split once per run (cached).
+
+    Splits are fitted apart because trainers reduce them apart: a loss divided by the
+    gradient-accumulation steps in training is logged unscaled in evaluation.
+    """
     if "identification" not in data.cache:
         pairs = require_pairs(data)
         meta = data.run.meta
@@ -63,13 +83,17 @@ def identification(data: RunData) -> Identification:
             raise Skip("the log has no per-pair loss column")
         if meta.loss_type is None or meta.beta is None:
             raise Skip("loss type or beta is not declared")
-        data.cache["identification"] = identify(
-            pairs, meta.loss_type, meta.beta, meta.label_smoothing, meta.simpo_gamma,
-            per_token=meta.logps_normalisation == "mean")
-    result = data.cache["identification"]
-    if result is None or result.declared is None:
+        fits = {}
+        for split in data.run.splits:
+            fit = identify(pairs.filter(pl.col("split") == split), meta.loss_type, meta.beta,
+                           meta.label_smoothing, meta.simpo_gamma,
+                           per_token=meta.logps_normalisation == "mean")
+            if fit is not None and fit.declared is not None:
+                fits[split] = fit
+        data.cache["identification"] = fits
+    if not data.cache["identification"]:
         raise Skip("too few rows with a finite logged loss")
-    return result
+    return data.cache["identification"]
 
 
 def explains(rmse: float, ident: Identification) -> bool:
@@ -82,8 +106,21 @@ def _declared_fails(ident: Identification) -> bool:
     return not explains(ident.declared.rmse / 5, ident)
 
 
-def _fits_text(ident: Identification) -> str:
-    return f"RMSE {ident.declared.rmse:.3g} with the declared {ident.declared.loss_type}, beta {ident.declared.beta:g}"
+def _fits_text(split: str, ident: Identification) -> str:
+    return (f"On {split} pairs the logged loss has RMSE {ident.declared.rmse:.3g} against the "
+            f"declared {ident.declared.loss_type} at beta {ident.declared.beta:g}")
+
+
+def _explained_by_declared_family(ident: Identification) -> bool:
+    """True when another beta, a constant scale or a flipped sign of the declared loss explains the log."""
+    fits = [ident.beta_fit, ident.scale_fit, ident.sign_flipped]
+    return any(fit is not None and explains(fit.rmse, ident) for fit in fits)
+
+
+def _first_split(data: RunData, hits: dict) -> tuple[str, list[str]]:
+    """The split a finding is reported on (train first) and every split where it holds."""
+    splits = [split for split in data.run.splits if split in hits]
+    return splits[0], splits
 
 
 @check("beta-mismatch", "error", ("pairs",),
@@ -92,22 +129,26 @@ def _fits_text(ident: Identification) -> str:
               "beta schedule that is not logged.",
        fix="Pass the configured beta to the loss, or correct the recorded beta.")
 def beta_mismatch(data: RunData) -> list[Finding]:
-    ident = identification(data)
-    fit = ident.beta_fit
-    if not _declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+    hits = {}
+    for split, ident in identifications(data).items():
+        fit = ident.beta_fit
+        if not _declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+            continue
+        scale_better = ident.scale_fit is not None and ident.scale_fit.rmse < fit.rmse
+        if abs(fit.beta / ident.declared.beta - 1) >= 0.05 and not scale_better:
+            hits[split] = (ident, fit)
+    if not hits:
         return []
-    if abs(fit.beta / ident.declared.beta - 1) < 0.05:
-        return []
-    if ident.scale_fit is not None and ident.scale_fit.rmse < fit.rmse:
-        return []
+    split, splits = _first_split(data, hits)
+    ident, fit = hits[split]
     return [data.finding(
         "beta-mismatch", f"The logged loss was computed with beta {fit.beta:.3g}, not {ident.declared.beta:g}",
-        f"{_fits_text(ident)}; RMSE {fit.rmse:.3g} with beta {fit.beta:.4g}. The loss used a "
+        f"{_fits_text(split, ident)} and {fit.rmse:.3g} at beta {fit.beta:.4g}. The loss used a "
         "different beta from the recorded one, so rewards and margins reported with the recorded "
         "beta are off by the same factor.",
-        evidence={"declared_beta": ident.declared.beta, "fitted_beta": fit.beta,
-                  "declared_rmse": ident.declared.rmse, "fitted_rmse": fit.rmse,
-                  "batch_level": ident.batch_level})]
+        split=split, evidence={"declared_beta": ident.declared.beta, "fitted_beta": fit.beta,
+                               "declared_rmse": ident.declared.rmse, "fitted_rmse": fit.rmse,
+                               "splits": splits, "batch_level": ident.batch_level})]
 
 
 @check("loss-scale-mismatch", "error", ("pairs",),
@@ -116,18 +157,23 @@ def beta_mismatch(data: RunData) -> list[Finding]:
               "logging, or a sum logged where a mean was meant.",
        fix="Log the loss before scaling it for gradient accumulation, or fix the reduction.")
 def loss_scale_mismatch(data: RunData) -> list[Finding]:
-    ident = identification(data)
-    fit = ident.scale_fit
-    if not _declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+    hits = {}
+    for split, ident in identifications(data).items():
+        fit = ident.scale_fit
+        if _declared_fails(ident) and fit is not None and explains(fit.rmse, ident) \
+                and abs(fit.scale - 1) >= 0.05:
+            hits[split] = (ident, fit)
+    if not hits:
         return []
-    if abs(fit.scale - 1) < 0.05:
-        return []
+    split, splits = _first_split(data, hits)
+    ident, fit = hits[split]
     return [data.finding(
-        "loss-scale-mismatch", f"The logged loss is {fit.scale:.3g} x the recomputed loss",
-        f"{_fits_text(ident)}; RMSE {fit.rmse:.3g} once multiplied by k = {fit.scale:.4g} "
+        "loss-scale-mismatch", f"The logged {split} loss is {fit.scale:.3g} x the recomputed loss",
+        f"{_fits_text(split, ident)} and {fit.rmse:.3g} once multiplied by k = {fit.scale:.4g} "
         f"(about 1/{1 / fit.scale:.3g}). A gradient-accumulation division or a sum-versus-mean "
         "reduction bug scales the logged loss.",
-        evidence={"scale": fit.scale, "declared_rmse": ident.declared.rmse, "scaled_rmse": fit.rmse})]
+        split=split, evidence={"scale": fit.scale, "declared_rmse": ident.declared.rmse,
+                               "scaled_rmse": fit.rmse, "splits": splits})]
 
 
 @check("loss-type-mismatch", "error", ("pairs",),
@@ -135,19 +181,24 @@ def loss_scale_mismatch(data: RunData) -> list[Finding]:
        causes="The configured loss_type was ignored or overridden, or the wrong name was recorded.",
        fix="Check which loss the trainer really computes and record that loss_type.")
 def loss_type_mismatch(data: RunData) -> list[Finding]:
-    ident = identification(data)
-    if not _declared_fails(ident) or _explained_by_declared_family(ident):
+    hits = {}
+    for split, ident in identifications(data).items():
+        if not _declared_fails(ident) or _explained_by_declared_family(ident):
+            continue
+        best = ident.best_variant()
+        if best is not None and best.loss_type != ident.declared.loss_type and explains(best.rmse, ident):
+            hits[split] = (ident, best)
+    if not hits:
         return []
-    best = ident.best_variant()
-    if best is None or best.loss_type == ident.declared.loss_type or not explains(best.rmse, ident):
-        return []
+    split, splits = _first_split(data, hits)
+    ident, best = hits[split]
     return [data.finding(
         "loss-type-mismatch", f"The logged loss is {best.loss_type}, not {ident.declared.loss_type}",
-        f"{_fits_text(ident)}; RMSE {best.rmse:.3g} with {best.loss_type} at beta {best.beta:.4g}. "
-        "The trainer computed another loss variant than the one recorded.",
-        evidence={"declared": ident.declared.loss_type, "fitted": best.loss_type,
-                  "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
-                  "fitted_rmse": best.rmse})]
+        f"{_fits_text(split, ident)} and {best.rmse:.3g} with {best.loss_type} at beta "
+        f"{best.beta:.4g}. The trainer computed another loss variant than the one recorded.",
+        split=split, evidence={"declared": ident.declared.loss_type, "fitted": best.loss_type,
+                               "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
+                               "fitted_rmse": best.rmse, "splits": splits})]
 
 
 @check("loss-mismatch", "error", ("pairs",),
@@ -157,22 +208,22 @@ def loss_type_mismatch(data: RunData) -> list[Finding]:
               "the logged log-probs, or logged log-probs that are not the ones the loss used.",
        fix="Log the per-pair preference loss and the log-probs from the same forward pass.")
 def loss_mismatch(data: RunData) -> list[Finding]:
-    ident = identification(data)
-    if not _declared_fails(ident) or _explained_by_declared_family(ident):
+    hits = {}
+    for split, ident in identifications(data).items():
+        if not _declared_fails(ident) or _explained_by_declared_family(ident):
+            continue
+        best = ident.best_variant()
+        if best is None or not explains(best.rmse, ident):
+            hits[split] = (ident, best)
+    if not hits:
         return []
-    best = ident.best_variant()
-    if best is not None and explains(best.rmse, ident):
-        return []
+    split, splits = _first_split(data, hits)
+    ident, best = hits[split]
     return [data.finding(
         "loss-mismatch", "The logged loss does not match the recomputed loss",
-        f"{_fits_text(ident)} (logged loss RMS {ident.logged_rms:.3g}), and no loss variant, beta "
-        "or constant scale reproduces the logged values. The loss and the log-probs disagree.",
-        evidence={"declared_rmse": ident.declared.rmse, "logged_rms": ident.logged_rms,
-                  "best_variant": best.loss_type if best else None,
-                  "best_variant_rmse": best.rmse if best else None})]
-
-
-def _explained_by_declared_family(ident: Identification) -> bool:
-    """True when another beta or a constant scale of the declared loss explains the log."""
-    fits = [ident.beta_fit, ident.scale_fit]
-    return any(fit is not None and explains(fit.rmse, ident) for fit in fits)
+        f"{_fits_text(split, ident)} (logged loss RMS {ident.logged_rms:.3g}), and no loss "
+        "variant, beta or constant scale reproduces the logged values. The loss and the log-probs "
+        "disagree.",
+        split=split, evidence={"declared_rmse": ident.declared.rmse, "logged_rms": ident.logged_rms,
+                               "best_variant": best.loss_type if best else None,
+                               "best_variant_rmse": best.rmse if best else None, "splits": splits})]

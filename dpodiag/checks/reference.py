@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from dpodiag.checks.base import Finding, RunData, Skip, check, require_pairs, require_reference_loss
+from dpodiag.checks.base import (Finding, RunData, Skip, check, require_pairs, require_reference_loss,
+                                 require_steps)
 
 # Summed log-probs computed twice from the same weights agree to float rounding; in bf16 a
 # token's log-prob carries a relative error near 2**-8, so 1% of the sequence log-prob bounds
@@ -52,15 +53,17 @@ def reference_missing(data: RunData) -> list[Finding]:
     return findings
 
 
-@check("reference-tracks-policy", "error", ("pairs",),
+@check("reference-tracks-policy", "error", ("pairs", "steps"),
        meaning="Log-ratios are exactly 0 after the first update while the policy log-probs move.",
        causes="Reference log-probs computed with the training weights (a shared model, a LoRA "
               "adapter that was not disabled), or a reference refreshed every step.",
        fix="Score the reference with a frozen copy of the initial policy (or with the adapter "
            "disabled) and check that it is never updated.")
 def reference_tracks_policy(data: RunData) -> list[Finding]:
-    pairs = require_pairs(data)
     require_reference_loss(data)
+    if data.pairs is None:
+        return _tracks_policy_in_steps(data)
+    pairs = data.pairs
     first = pairs.get_column("step").min()
     later = pairs.filter((pl.col("step") > first) & pl.col("chosen_logratio").is_finite()
                          & pl.col("rejected_logratio").is_finite())
@@ -88,6 +91,36 @@ def reference_tracks_policy(data: RunData) -> list[Finding]:
         step=int(later.get_column("step").min()),
         evidence={"zero_logratio_share": zero_share, "pairs": later.height,
                   "policy_logps_change": moved})]
+
+
+def _tracks_policy_in_steps(data: RunData) -> list[Finding]:
+    """Step logs: rewards exactly 0 after the first record while gradients flow and logps move."""
+    rows = require_steps(data, "train", ["rewards_chosen", "rewards_rejected"], 3)
+    later = rows.slice(1)
+    zero_share = float(((later.get_column("rewards_chosen") == 0)
+                        & (later.get_column("rewards_rejected") == 0)).mean())
+    if zero_share < 0.99:
+        return []
+    if "grad_norm" in later.columns and later.get_column("grad_norm").is_finite().any():
+        flowing = float((later.get_column("grad_norm") > 0).mean())
+        if flowing < 0.5:
+            return []  # no gradient reached the policy: no-learning-signal reports it
+    else:
+        flowing = None
+    evidence = {"zero_reward_share": zero_share, "records": later.height,
+                "records_with_gradient": flowing}
+    if "logps_chosen" in later.columns:
+        evidence["logps_chosen_range"] = float(later.get_column("logps_chosen").max()
+                                               - later.get_column("logps_chosen").min())
+    gradient_text = ("while gradients flow (grad_norm > 0)" if flowing is not None
+                     else "(grad_norm is not logged, so a policy that never updates would look the same)")
+    return [data.finding(
+        "reference-tracks-policy", "Rewards are exactly 0 at every step",
+        f"rewards/chosen and rewards/rejected are exactly 0 in {zero_share:.0%} of the "
+        f"{later.height} train records after the first, {gradient_text}. The reference log-probs "
+        "equal the policy's: the reference is computed with the training weights (a LoRA adapter "
+        "not disabled, a shared model), or beta is 0.",
+        split="train", step=int(later.get_column("step").min()), evidence=evidence)]
 
 
 def policy_movement(pairs: pl.DataFrame) -> float | None:

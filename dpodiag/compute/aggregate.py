@@ -38,7 +38,8 @@ def step_aggregates(pairs: pl.DataFrame) -> pl.DataFrame:
         (pl.col("beta_used") * pl.col("rejected_logratio")).filter(pl.col("rejected_logratio").is_finite())
         .mean().alias("rewards_rejected"),
         _mean("margin", "rewards_margins"),
-        (pl.col("margin") > 0).mean().alias("rewards_accuracies"),
+        # Polars orders NaN above every number, so a comparison alone would count NaN as a win.
+        (pl.col("margin").is_finite() & (pl.col("margin") > 0)).mean().alias("rewards_accuracies"),
         _mean("chosen_logratio", "logratio_chosen"),
         _mean("rejected_logratio", "logratio_rejected"),
         _mean("loss_recomputed"),
@@ -55,7 +56,8 @@ def step_aggregates(pairs: pl.DataFrame) -> pl.DataFrame:
     if {"policy_chosen_logps", "policy_rejected_logps"} <= has:
         exprs += [_mean("policy_chosen_logps", "logps_chosen"),
                   _mean("policy_rejected_logps", "logps_rejected"),
-                  (pl.col("policy_chosen_logps") > pl.col("policy_rejected_logps")).mean()
+                  (pl.col("policy_chosen_logps").is_finite() & pl.col("policy_rejected_logps").is_finite()
+                   & (pl.col("policy_chosen_logps") > pl.col("policy_rejected_logps"))).mean()
                   .alias("ranking_accuracy")]
     if {"reference_chosen_logps", "reference_rejected_logps"} <= has:
         exprs += [_mean("reference_chosen_logps", "ref_logps_chosen"),

@@ -44,6 +44,8 @@ class Identification:
     declared: LossFit | None = None
     beta_fit: LossFit | None = None
     scale_fit: LossFit | None = None
+    sign_flipped: LossFit | None = None
+    """The declared loss with the sign of the margin flipped (a sign error in the trainer)."""
     variants: dict[str, LossFit] = field(default_factory=dict)
 
     def best_variant(self) -> LossFit | None:
@@ -139,6 +141,8 @@ def identify(pairs: pl.DataFrame, loss_type: str | None, beta: float | None,
         if denominator > 0 and math.isfinite(denominator):
             scale = float(torch.sum(predicted * predictor.logged)) / denominator
             result.scale_fit = LossFit(spec.name, beta, scale, predictor.rmse(predicted, scale))
+        flipped = predictor.predict(spec, -beta)
+        result.sign_flipped = LossFit(spec.name, -beta, 1.0, predictor.rmse(flipped))
 
     # Every variant at its own best beta.
     if variants:

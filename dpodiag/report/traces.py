@@ -64,8 +64,11 @@ def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tu
 
 def envelope(x: np.ndarray, columns: dict[str, np.ndarray], upper: set[str],
              max_points: int = MAX_POINTS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Downsample a band: per bucket, upper columns keep their maximum, the others their minimum
-    except `median` columns (named in `upper` as well as not), which keep the bucket median."""
+    """Downsample the columns of a band to `max_points` buckets at the bucket's middle step.
+
+    Columns named in `upper` keep the bucket maximum, columns ending in q50 the bucket median and
+    the others the bucket minimum, so the band drawn is never narrower than the data.
+    """
     if len(x) <= max_points:
         return x, columns
     edges = np.linspace(0, len(x), max_points + 1).astype(int)
@@ -90,7 +93,7 @@ def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, lab
     x, y = downsample(x, y)
     xaxis, yaxis = axis_names(panel)
     eval_markers = split == "eval" and not expected
-    name = f"{run} · {split}" + (f" · {label}" if label else "")
+    name = plotly_text(f"{run} · {split}" + (f" · {label}" if label else ""))
     return {
         "type": "scatter", "mode": "lines+markers" if eval_markers else "lines",
         "x": x, "y": y, "name": name, "legendgroup": run, "showlegend": legend,
@@ -99,13 +102,14 @@ def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, lab
                  "dash": SPLIT_DASH.get(split, "dot")},
         "marker": {"size": 5, "color": colour},
         "opacity": 0.3 if expected else 1.0,
-        "hovertemplate": f"step %{{x}}<br>%{{y:.4g}}<extra>{_hover_name(name)}</extra>",
+        "hovertemplate": "step %{x}<br>%{y:.4g}",
     }
 
 
-def _hover_name(name: str) -> str:
-    # Plotly renders hover text as a small HTML subset; spell out the characters it would parse.
-    return name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("%", "%%")
+def plotly_text(text: str) -> str:
+    """Escape `text` for plotly, which parses legend, hover and title strings as an HTML subset
+    and decodes entities back, so the original characters show as text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def hline(value: float, panel: int = 0, text: str = "") -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -127,11 +131,14 @@ def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", hei
     count = len(panels)
     gap = 0.07 if count > 1 else 0.0
     width = (1 - gap * (count - 1)) / count
+    # The legend goes below the x-axis title: about 62 px under the plot area, in paper units.
+    margin = {"l": 60, "r": 20, "t": 56 if count > 1 else 36, "b": 40}
+    legend_y = -62 / (height - margin["t"] - margin["b"])
     result: dict[str, Any] = {
-        "height": height, "margin": {"l": 60, "r": 20, "t": 36, "b": 40},
+        "height": height, "margin": margin,
         "font": {"family": FONT, "size": 12, "color": "#222"},
         "paper_bgcolor": "#fff", "plot_bgcolor": "#fff", "hovermode": "closest",
-        "legend": {"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0, "font": {"size": 11}},
+        "legend": {"orientation": "h", "y": legend_y, "yanchor": "top", "x": 0, "font": {"size": 11}},
         "annotations": [], "shapes": [],
     }
     for index, title in enumerate(panels):

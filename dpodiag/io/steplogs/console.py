@@ -1,0 +1,142 @@
+"""Console captures that hold the HF Trainer's printed log dicts.
+
+Sources: stdout, SLURM `.out` files, W&B `files/output.log`, logs pasted into Markdown or text.
+Each record is a Python-repr dict such as `{'loss': 0.6931, 'rewards/chosen': nan, ...}`. It may
+sit in the middle of a tqdm line (after carriage-return redraws), be hard-wrapped across lines in
+a paste, or be cut off where an excerpt ends. Dicts are parsed with `ast.literal_eval` after bare
+`nan`/`inf` are replaced; nothing is ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
+from dpodiag.errors import NoDataError
+from dpodiag.io.steplogs.sidecars import banner_values
+from dpodiag.io.steplogs.table import RawLog, numeric_items
+
+_DICT_START = re.compile(r"\{\s*['\"]")
+_METRIC_DICT = re.compile(r"\{\s*'(?:loss|eval_[\w/]+|train_runtime|learning_rate|grad_norm|"
+                          r"rewards/\w+|logps/\w+|epoch)'\s*:")
+_ANY_DICT = re.compile(r"\{\s*'[\w/.-]+'\s*:\s*-?(?:\d|nan|inf|tensor|np\.)")
+_NON_FINITE = re.compile(r"(?<=[:,\[])(\s*)(-?)(nan|inf|NaN|Infinity)(?=\s*[,}\]])")
+_WRAPPERS = re.compile(r"\b(?:tensor|np\.float\d*|np\.int\d*|numpy\.float\d*)\(\s*"
+                       r"([^(),]+?)\s*(?:,[^()]*)?\)")
+_LINE_BREAK = re.compile(r"[\r\n]+[ \t>]*")
+_SENTINELS = {"__nan__": math.nan, "__inf__": math.inf, "__-inf__": -math.inf}
+_KNOWN = set(DIALECTS["generic"].aliases) | HF_SUMMARY_KEYS
+MAX_DICT_CHARS = 100_000
+
+
+def sniff(path: Path, head: bytes) -> str | None:
+    """Return "console" when the text holds a printed metrics dict."""
+    text = head.decode("utf-8", errors="replace")
+    if not _ANY_DICT.search(text):
+        return None
+    found, _ = extract_dicts(text)
+    return "console" if found else None
+
+
+def read(path: Path, fmt: str = "console") -> RawLog:
+    """Read every printed metrics dict of a console capture, in file order."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    found, notes = extract_dicts(text)
+    if not found:
+        lines = text.count("\n") + 1
+        raise NoDataError(path, f"lines 1-{lines}: no metrics found in this console log",
+                          "pass a file that contains the printed training dicts")
+    records, dropped = [], set()
+    for _, parsed in found:
+        record, text_keys = numeric_items(parsed)
+        records.append(record)
+        dropped.update(text_keys)
+    if dropped:
+        notes.append(f"non-numeric fields not read: {', '.join(sorted(dropped))}")
+    notes.append(f"{len(records)} printed dicts read, lines {found[0][0]}-{found[-1][0]}")
+    return RawLog(records=records, format="console", notes=notes,
+                  hints={"banner": banner_values(text)})
+
+
+def extract_dicts(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """Find the printed metrics dicts in `text`; return [(line number, dict)] and notes."""
+    newlines = [m.start() for m in re.finditer("\n", text)]
+
+    def line_of(offset: int) -> int:
+        return bisect.bisect_right(newlines, offset) + 1
+
+    found: list[tuple[int, dict[str, Any]]] = []
+    notes: list[str] = []
+    broken: list[int] = []
+    position = 0
+    while match := _DICT_START.search(text, position):
+        start = match.start()
+        end = text.find("}", start)
+
+        # A dict with no closing brace before the end of the file was cut off.
+        if end == -1:
+            if _looks_like_metrics(text[start:start + 2000]):
+                notes.append(f"line {line_of(start)}: the last record is cut off where the file "
+                             "ends; the complete records before it were read")
+            break
+
+        # Another dict starting inside this one means this one is broken or nested.
+        candidate = text[start:end + 1]
+        inner = _DICT_START.search(candidate, 1)
+        if inner or len(candidate) > MAX_DICT_CHARS:
+            if _looks_like_metrics(candidate[:inner.start() if inner else 2000]):
+                broken.append(line_of(start))
+            position = start + (inner.start() if inner else 1)
+            continue
+
+        parsed = parse_dict(candidate)
+        if parsed is not None and _is_metrics(parsed):
+            found.append((line_of(start), parsed))
+        elif parsed is None and _looks_like_metrics(candidate):
+            broken.append(line_of(start))
+        position = end + 1
+    if broken:
+        shown = ", ".join(str(line) for line in broken[:5])
+        notes.append(f"{len(broken)} printed dicts could not be parsed and were skipped "
+                     f"(lines {shown}{', ...' if len(broken) > 5 else ''})")
+    return found, notes
+
+
+def parse_dict(candidate: str) -> dict[str, Any] | None:
+    """Parse one printed dict (joined across line breaks) without evaluating code."""
+    joined = _LINE_BREAK.sub("", candidate)
+    joined = _WRAPPERS.sub(r"\1", joined)
+    joined = _NON_FINITE.sub(_sentinel, joined)
+    try:
+        value = ast.literal_eval(joined)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {key: _SENTINELS.get(item, item) if isinstance(item, str) else item
+            for key, item in value.items()}
+
+
+def _sentinel(match: re.Match[str]) -> str:
+    # Python prints nan, inf, -inf; json prints NaN, Infinity, -Infinity.
+    sign, word = match.group(2), match.group(3).lower()
+    name = "nan" if word == "nan" else f"{sign}inf"
+    return f"{match.group(1)}'__{name}__'"
+
+
+def _is_metrics(parsed: dict[str, Any]) -> bool:
+    # A training-log dict has string keys, numeric values and at least one known metric key.
+    if not all(isinstance(key, str) for key in parsed):
+        return False
+    numeric, _ = numeric_items(parsed)
+    return bool(numeric) and any(split_key(key)[1] in _KNOWN or key in _KNOWN
+                                 for key in numeric if key not in ("epoch", "step"))
+
+
+def _looks_like_metrics(text: str) -> bool:
+    return bool(_METRIC_DICT.match(_LINE_BREAK.sub("", text)))

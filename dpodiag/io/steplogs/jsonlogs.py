@@ -1,0 +1,159 @@
+"""JSON documents that hold step logs: HF trainer_state.json, bare log_history arrays, project
+wrappers around a log_history copy, HF `*_results.json`, W&B `wandb-summary.json` and
+`{tag: {step, value}}` summaries.
+
+HF writes bare `NaN` and `Infinity` tokens that strict JSON forbids; Python's json module reads
+them, so it is used as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dpodiag.dialects import DIALECTS, split_key
+from dpodiag.errors import InputError, NoDataError
+from dpodiag.io.steplogs.table import RawLog, numeric_items
+
+SNIFF_PARSE_LIMIT = 1_000_000
+_KNOWN = DIALECTS["generic"].aliases
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; raise InputError naming the line of the first syntax error."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"line {error.lineno}: invalid JSON ({error.msg})",
+                         "pass the file as the trainer wrote it") from None
+
+
+def sniff(path: Path, head: bytes) -> str | None:
+    """Return the JSON step-log format of a file, or "json-summary" for a summary without steps."""
+    text = head.lstrip()
+    if not text[:1] in (b"{", b"["):
+        return None
+    if path.stat().st_size <= SNIFF_PARSE_LIMIT:
+        try:
+            return classify(json.loads(head.decode("utf-8", errors="replace")))
+        except ValueError:
+            return None
+    if b'"log_history"' in head:
+        return "trainer-state"
+    if b"log_history" in head:
+        return "log-history-wrapper"
+    return "log-history-array" if text[:1] == b"[" else None
+
+
+def classify(data: Any) -> str | None:
+    """Name the JSON layout of parsed data, or None when it holds no step records."""
+    if isinstance(data, list):
+        return "log-history-array" if data and all(isinstance(d, Mapping) for d in data) else None
+    if not isinstance(data, Mapping):
+        return None
+    if isinstance(data.get("log_history"), list):
+        return "trainer-state"
+    if _history_key(data):
+        return "log-history-wrapper"
+    if any(k in data for k in ("_wandb", "_step", "_runtime")):
+        return "wandb-summary"
+    tagged = [v for v in data.values() if isinstance(v, Mapping) and {"step", "value"} <= set(v)]
+    if tagged:
+        return "tag-summary"
+    if any(split_key(key)[1] in _KNOWN for key in data):
+        return "hf-results"
+    return "json-summary"
+
+
+def _history_key(data: Mapping[str, Any]) -> str | None:
+    # A wrapper's copy of log_history: a key ending in log_history that holds a list of dicts.
+    for key, value in data.items():
+        if key.endswith("log_history") and isinstance(value, list) and value and all(
+                isinstance(item, Mapping) for item in value):
+            return key
+    return None
+
+
+def read(path: Path, fmt: str) -> RawLog:
+    """Read a JSON step log of format `fmt` (one of the names `classify` returns)."""
+    data = load_json(path)
+    if fmt == "json-summary" or classify(data) == "json-summary":
+        keys = ", ".join(list(data)[:8]) if isinstance(data, Mapping) else ""
+        raise NoDataError(path, f"holds run-level values with no per-step records (keys: {keys})",
+                          "pass the trainer's log: trainer_state.json, a log_history JSON or "
+                          "the console output")
+    fmt = classify(data) or fmt
+    if fmt == "trainer-state":
+        return _from_dicts(path, data["log_history"], fmt, _state_notes(data))
+    if fmt == "log-history-wrapper":
+        key = _history_key(data)
+        return _from_dicts(path, data[key], fmt, _wrapper_notes(data, key))
+    if fmt == "log-history-array":
+        return _from_dicts(path, data, fmt, [])
+    if fmt == "tag-summary":
+        return _tag_summary(path, data)
+    if fmt in ("wandb-summary", "hf-results"):
+        notes = ["final values only: one record per split, no history"]
+        return _from_dicts(path, [data], fmt, notes)
+    raise InputError(path, "is JSON but holds no training-log records",
+                     "pass trainer_state.json, a log_history JSON or the console output")
+
+
+def _from_dicts(path: Path, items: list[Any], fmt: str, notes: list[str]) -> RawLog:
+    # Keep numeric values; name the text fields that a step table cannot hold.
+    records, dropped = [], set()
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        record, text_keys = numeric_items(dict(item))
+        records.append(record)
+        dropped.update(key for key in text_keys if not key.startswith("_"))
+    if not records:
+        raise NoDataError(path, "the log_history list is empty", "pass a log with records")
+    if dropped:
+        notes = [*notes, f"non-numeric fields not read: {', '.join(sorted(dropped))}"]
+    return RawLog(records=records, format=fmt, notes=notes)
+
+
+def _state_notes(state: Mapping[str, Any]) -> list[str]:
+    # trainer_state.json's own bookkeeping tells how often the trainer logged.
+    facts = {key: state[key] for key in ("global_step", "max_steps", "logging_steps", "eval_steps")
+             if isinstance(state.get(key), (int, float))}
+    return [f"trainer_state: {', '.join(f'{k}={v}' for k, v in facts.items())}"] if facts else []
+
+
+def _wrapper_notes(data: Mapping[str, Any], key: str) -> list[str]:
+    # Say which copy was read, and keep the wrapper's scalar metadata as notes.
+    notes = [f"records read from the wrapper's {key!r} list"]
+    others = [k for k in data if k not in (key, "metadata")]
+    if others:
+        notes.append(f"other wrapper keys not read: {', '.join(others)}")
+    metadata = data.get("metadata")
+    if isinstance(metadata, Mapping):
+        scalars = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float))}
+        if scalars:
+            notes.append("wrapper metadata: " + ", ".join(f"{k}={v}" for k, v in scalars.items()))
+    return notes
+
+
+def _tag_summary(path: Path, data: Mapping[str, Any]) -> RawLog:
+    # {tag: {step, value}} entries become one record per step; flat numbers are summary values.
+    by_step: dict[float, dict[str, float]] = {}
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and {"step", "value"} <= set(value):
+            record, _ = numeric_items({key: value["value"], "step": value["step"]})
+            if "step" in record and key in record:
+                by_step.setdefault(record["step"], {"step": record["step"]})[key] = record[key]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[key] = value
+    notes = ["last value of each tag only, at the step where the tag was last written"]
+    if flat:
+        notes.append("summary values: " + ", ".join(f"{k}={v}" for k, v in flat.items()))
+    records = [by_step[step] for step in sorted(by_step)]
+    if not records:
+        raise NoDataError(path, "no {step, value} entries found", "pass the full training log")
+    return RawLog(records=records, format="tag-summary", notes=notes)

@@ -1,0 +1,309 @@
+"""Turn the records a step-log reader found into the canonical step table and a `Run`.
+
+Every reader returns a `RawLog`: numeric records in file order with the keys the trainer wrote.
+`build_run` maps those keys through a dialect, splits train from eval records, drops the HF
+end-of-training summary, assigns steps and collects run metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dpodiag.dialects import (
+    EXTRA_METRICS, HF_SUMMARY_KEYS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, get_dialect,
+    split_key,
+)
+from dpodiag.errors import NoDataError, UsageError
+from dpodiag.schema import STEP_METRICS, Run, RunMeta
+
+SPLIT_ORDER = {"train": 0, "eval": 1}
+# File names that say nothing about the run; the folder name names the run instead.
+GENERIC_STEMS = {"trainer_state", "trainer_log", "log_history", "output", "all_results",
+                 "eval_results", "train_results", "wandb-summary", "config", "events", "metrics",
+                 "history", "log", "logs", "stdout", "train", "summary"}
+
+
+@dataclass
+class RawLog:
+    """Numeric records of one log, in file order, as a reader found them."""
+
+    records: list[dict[str, float]]
+    format: str
+    frame: pl.DataFrame | None = None
+    """Alternative to `records` for table formats: one row per record, numeric columns."""
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    """RunMeta values read from the trainer's own files (source "trainer-config")."""
+    hints: dict[str, Any] = field(default_factory=dict)
+    """Hints for dialect detection: framework, transformers_version."""
+
+
+def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Keep the numeric values of one parsed record; return them and the names of the rest."""
+    kept: dict[str, float] = {}
+    dropped: list[str] = []
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kept[str(key)] = float(value)
+        elif value is not None:
+            dropped.append(str(key))
+    return kept, dropped
+
+
+def default_run_name(path: Path) -> str:
+    """Name a run after its file (up to the first dot), or its folder for generic file names."""
+    stem = path.name.split(".")[0]
+    if stem and stem not in GENERIC_STEMS and not path.is_dir():
+        return stem
+    folder = path if path.is_dir() else path.parent
+    if folder.name in ("files", "logs", "runs") or folder.name.startswith("checkpoint-"):
+        folder = folder.parent
+    return folder.name or stem
+
+
+def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
+              run_name: str | None = None, column_map: dict[str, str] | None = None) -> Run:
+    """Build the canonical step-level `Run` from a reader's `RawLog`."""
+    notes = list(raw.notes)
+    if raw.frame is not None:
+        source, summary_only = _pop_summary_columns(raw.frame, notes)
+        keys = source.columns
+    else:
+        records, summary_only = _pop_summaries(raw.records, notes)
+        keys = list(dict.fromkeys(key for record in records for key in record))
+        source = pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
+    chosen = get_dialect(dialect) if dialect else detect_dialect(
+        keys, {"format": raw.format, **raw.hints})
+
+    # Classify every column, build one frame per split and stack them in file order.
+    plan = _plan_columns(keys, chosen, column_map or {}, path)
+    table = _split_frames(source, plan)
+    if table.height == 0:
+        raise NoDataError(path, f"no metric values in its {source.height} records "
+                          f"(keys: {_preview(keys)})",
+                          "pass a log that holds per-step training metrics")
+    skipped = source.height - summary_only - table.get_column("record").n_unique()
+    if skipped:
+        notes.append(f"{skipped} records without metric values were skipped")
+    table = _assign_steps(table, plan, notes, chosen)
+
+    name = run_name or default_run_name(path)
+    table = _finish(table, name)
+    meta = _run_meta(raw.meta, chosen, table, notes)
+    return Run(name=name, source=str(path), level="steps", table=table, meta=meta,
+               format=raw.format, dialect=chosen.name, column_mapping=plan.mapping, notes=notes)
+
+
+@dataclass
+class _Plan:
+    step_keys: list[str]
+    shared: dict[str, list[str]]
+    metrics: dict[str, dict[str, list[str]]]
+    mapping: dict[str, str]
+
+
+def _plan_columns(keys: list[str], dialect: Dialect, column_map: dict[str, str],
+                  path: Path) -> _Plan:
+    # Resolve user overrides first: canonical=theirs, where theirs is a full key or a base key.
+    overrides = _check_overrides(column_map, keys, path)
+    plan = _Plan([], {}, {"train": {}, "eval": {}}, {})
+    step_rank: list[tuple[int, str]] = []
+    extras_seen: dict[str, str] = {}
+    for key in keys:
+        split, base = split_key(key)
+        if key in IGNORED_KEYS or base in IGNORED_KEYS:
+            continue
+        target = overrides.get(key) or overrides.get(base)
+        if target is None and (key in STEP_KEYS or base in STEP_KEYS):
+            step_rank.append((STEP_KEYS.index(key if key in STEP_KEYS else base), key))
+            continue
+        target = target or dialect.canonical(base) or _extra_name(base, key, extras_seen)
+        if target == "epoch":
+            plan.shared.setdefault("epoch", []).append(key)
+        else:
+            plan.metrics[split or "train"].setdefault(target, []).append(key)
+        plan.mapping.setdefault(target, key)
+    plan.step_keys = [key for _, key in sorted(step_rank)]
+    if plan.step_keys:
+        plan.mapping["step"] = plan.step_keys[0]
+    return plan
+
+
+def _check_overrides(column_map: dict[str, str], keys: list[str], path: Path) -> dict[str, str]:
+    # Validate canonical=theirs pairs and return theirs -> canonical.
+    valid = set(STEP_METRICS) | set(EXTRA_METRICS)
+    bases = {split_key(key)[1] for key in keys}
+    reverse: dict[str, str] = {}
+    for canonical, theirs in column_map.items():
+        if canonical not in valid:
+            raise UsageError(f"column map: unknown canonical name {canonical!r}; use one of: "
+                             f"{', '.join(sorted(valid))}")
+        if theirs not in keys and theirs not in bases:
+            raise UsageError(f"column map: {theirs!r} is not a key of {path}; its keys are: "
+                             f"{_preview(keys, 30)}")
+        reverse[theirs] = canonical
+    return reverse
+
+
+def _extra_name(base: str, key: str, seen: dict[str, str]) -> str:
+    # extra_<snake case>; a second key with the same sanitised name gets a numeric suffix.
+    name = "extra_" + (re.sub(r"[^0-9a-z]+", "_", base.lower()).strip("_") or "value")
+    candidate, number = name, 2
+    while candidate in seen and seen[candidate] != base:
+        candidate, number = f"{name}_{number}", number + 1
+    seen[candidate] = base
+    return candidate
+
+
+def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
+    # One row per (record, split) that has at least one metric value for that split.
+    raw = raw.with_columns(pl.all().cast(pl.Float64, strict=False))
+    raw = raw.with_row_index("record").with_columns(pl.col("record").cast(pl.Int64))
+    common = [pl.col("record")]
+    common += [pl.col(key).alias(f"__step{i}") for i, key in enumerate(plan.step_keys)]
+    if "epoch" in plan.shared:
+        common.append(pl.coalesce(plan.shared["epoch"]).alias("epoch"))
+    frames = []
+    for split, targets in plan.metrics.items():
+        if not targets:
+            continue
+        sources = [key for keys in targets.values() for key in keys]
+        values = [pl.coalesce(keys).alias(name) for name, keys in targets.items()]
+        present = pl.any_horizontal([pl.col(key).is_not_null() for key in sources])
+        frames.append(raw.filter(present).select(*common, *values, pl.lit(split).alias("split")))
+    if not frames:
+        return pl.DataFrame(schema={"record": pl.Int64, "split": pl.Utf8})
+    table = pl.concat(frames, how="diagonal_relaxed")
+    order = pl.col("split").replace_strict(SPLIT_ORDER, default=2)
+    return table.sort([pl.col("record"), order])
+
+
+def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
+                  dialect: Dialect) -> pl.DataFrame:
+    # Use the logged step where there is one; count train records where there is none.
+    step_columns = [f"__step{i}" for i in range(len(plan.step_keys))]
+    if step_columns:
+        step = pl.coalesce(step_columns).fill_nan(None).round(0).cast(pl.Int64)
+        table = table.with_columns(step.alias("step")).drop(step_columns)
+        missing = table.get_column("step").null_count()
+        if missing:
+            notes.append(f"{missing} rows had no step value; they take the step of the row "
+                         "before them")
+            table = table.with_columns(pl.col("step").forward_fill().fill_null(0))
+        if dialect.step_unit != "optimizer-step":
+            notes.append(f"steps count {dialect.step_unit}s, not optimizer steps")
+        return table
+    is_train = pl.col("split") == "train"
+    if table.filter(is_train).height:
+        counted = is_train.cast(pl.Int64).cum_sum()
+        notes.append("the log has no step key: step k is the k-th train record, and an eval "
+                     "record takes the step of the train record before it (0 before the first)")
+    else:
+        counted = pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
+        notes.append("the log has no step key: step k is the k-th record")
+    return table.with_columns(counted.alias("step"))
+
+
+def _finish(table: pl.DataFrame, name: str) -> pl.DataFrame:
+    # Fixed column order: keys, schema metrics, documented extras, then extra_* in input order.
+    present = set(table.columns)
+    metrics = [m for m in STEP_METRICS if m in present]
+    extras = [m for m in EXTRA_METRICS if m in present]
+    others = [c for c in table.columns if c.startswith("extra_")]
+    table = table.with_columns(pl.lit(name).alias("run"), pl.col("step").cast(pl.Int64))
+    floats = [pl.col(c).cast(pl.Float64) for c in [*metrics, *extras, *others]]
+    return table.select("run", "split", "step", "record", *floats)
+
+
+def _pop_summaries(records: list[dict[str, float]],
+                   notes: list[str]) -> tuple[list[dict[str, float]], int]:
+    # The HF Trainer's final record (train_runtime, train_loss, ...) is a summary, not a step.
+    # Emptied records stay in the list, so that record numbers keep their file order.
+    kept: list[dict[str, float]] = []
+    summary: dict[str, float] = {}
+    summary_only = 0
+    for record in records:
+        once = {key: _strip_train(key) for key in record}
+        if "train_runtime" not in once.values():
+            kept.append(record)
+            continue
+        summary.update({once[k]: v for k, v in record.items() if once[k] in HF_SUMMARY_KEYS})
+        rest = {k: v for k, v in record.items() if once[k] not in HF_SUMMARY_KEYS}
+        kept.append(rest)
+        bookkeeping = set(STEP_KEYS) | IGNORED_KEYS | {"epoch"}
+        summary_only += all(split_key(key)[1] in bookkeeping for key in rest)
+    if summary:
+        values = ", ".join(f"{key}={_format(value)}" for key, value in summary.items())
+        notes.append(f"end-of-training summary (not a step): {values}")
+    return kept, summary_only
+
+
+def _pop_summary_columns(frame: pl.DataFrame, notes: list[str]) -> tuple[pl.DataFrame, int]:
+    # The table form of _pop_summaries: drop summary columns, count rows that held nothing else.
+    once = {column: _strip_train(column) for column in frame.columns}
+    if "train_runtime" not in once.values():
+        return frame, 0
+    summary = [c for c in frame.columns if once[c] in HF_SUMMARY_KEYS]
+    values = {once[c]: frame.get_column(c).drop_nulls() for c in summary}
+    shown = ", ".join(f"{k}={_format(v[-1])}" for k, v in values.items() if v.len())
+    notes.append(f"end-of-training summary (not a step): {shown}")
+    bookkeeping = set(STEP_KEYS) | IGNORED_KEYS | {"epoch"}
+    rest = [c for c in frame.columns if c not in summary and split_key(c)[1] not in bookkeeping]
+    only = pl.any_horizontal([pl.col(c).is_not_null() for c in summary])
+    if rest:
+        only = only & ~pl.any_horizontal([pl.col(c).is_not_null() for c in rest])
+    return frame.drop(summary), frame.filter(only).height
+
+
+def _strip_train(key: str) -> str:
+    return key[len("train/"):] if key.startswith("train/") else key
+
+
+def _format(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.6g}"
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") or "none"
+
+
+def _run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
+              notes: list[str]) -> RunMeta:
+    # Trainer files first; then what the dialect implies, where nothing was declared.
+    meta = RunMeta()
+    meta.update(values, "trainer-config")
+    inferred: dict[str, Any] = {}
+    if dialect.framework and meta.framework is None:
+        inferred["framework"] = dialect.framework
+    if meta.loss_type is None and dialect.implied_loss_type:
+        inferred["loss_type"] = dialect.implied_loss_type
+    meta.update(inferred, "inferred")
+    _apply_label_smoothing(meta, dialect, notes)
+    if meta.logps_normalisation is None:
+        summed = "avg_logps_chosen" in table.columns
+        normalisation = "sum" if summed else dialect.logps_normalisation(meta.loss_type)
+        meta.update({"logps_normalisation": normalisation}, "inferred")
+    if not dialect.preference:
+        meta.loss_type = None
+        meta.sources.pop("loss_type", None)
+        notes.append(f"not a DPO-family log ({dialect.description}); preference checks do "
+                     "not apply")
+    return meta
+
+
+def _apply_label_smoothing(meta: RunMeta, dialect: Dialect, notes: list[str]) -> None:
+    # Sigmoid with label smoothing is cDPO, except in TRL >= 0.29, whose sigmoid ignores it.
+    if meta.loss_type != "sigmoid" or not meta.label_smoothing:
+        return
+    if dialect.name == "trl-v1":
+        notes.append("label_smoothing is set, but TRL >= 0.29 ignores it for loss_type sigmoid")
+        return
+    meta.loss_type = "cdpo"
+    notes.append(f"loss_type sigmoid with label_smoothing {meta.label_smoothing:g} is cDPO")
