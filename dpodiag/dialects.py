@@ -110,6 +110,8 @@ class Dialect:
     """False for unpaired objectives (KTO), where margins and accuracies differ in meaning."""
     implied_loss_type: str | None = None
     """Loss type that the keys alone prove, used when no config declares one."""
+    loss_type_markers: Mapping[str, str] = field(default_factory=dict)
+    """Canonical column -> the loss type its presence proves (LLaMA-Factory's odds_ratio_loss)."""
     description: str = ""
     guess_names: bool = field(default=False)
     """Map unknown keys by name heuristics (generic logs and hand-written trainers)."""
@@ -159,7 +161,8 @@ def _dialects() -> dict[str, Dialect]:
         Dialect("llamafactory", "llamafactory", "LLaMA-Factory (pins trl 0.18 - 0.24)",
                 {**_TRL, "sft_loss": "sft_loss", "odds_ratio_loss": "odds_ratio_loss",
                  "accuracy": "rewards_accuracies", "lr": "learning_rate"},
-                per_token_losses=frozenset({"ipo", "orpo", "simpo"}), description=(
+                per_token_losses=frozenset({"ipo", "orpo", "simpo"}),
+                loss_type_markers={"odds_ratio_loss": "orpo"}, description=(
                     "LLaMA-Factory: TRL keys in trainer_state; trainer_log.jsonl has accuracy only"),
                 **hf),
         Dialect("openrlhf", "openrlhf", "OpenRLHF train_dpo",

@@ -23,10 +23,11 @@ def make_pairs(steps=30, pairs=16, beta=0.1, chosen_drift=0.05, rejected_drift=-
                noise=0.02, seed=0, loss_beta=None, eval_every=0, start_step=0):
     """Return a pair table: policy starts at the reference and separates chosen from rejected."""
     rng = np.random.default_rng(seed)
-    c0 = rng.normal(-30, 4, pairs)
-    r0 = rng.normal(-31, 4, pairs)
+    # Summed log-probs scale with the response length, about -1.2 nats per token.
     lw = rng.integers(8, 40, pairs).astype(float)
     ll = rng.integers(8, 40, pairs).astype(float)
+    c0 = -1.2 * lw + rng.normal(0, 2, pairs)
+    r0 = -1.25 * ll + rng.normal(0, 2, pairs)
     frames = []
     for step in range(start_step, start_step + steps):
         splits = ["train"] + (["eval"] if eval_every and step % eval_every == 0 else [])

@@ -102,3 +102,125 @@ def too_little_data(data: RunData) -> list[Finding]:
         + (f" and {MIN_PAIRS} pairs" if pairs is not None else "")
         + " are needed to judge trends. Checks of trends are skipped; a verdict needs a longer log.",
         split="train", evidence={"train_steps": steps, "train_pairs": pairs})]
+
+
+@check("degenerate-pairs", "warning", ("pairs",),
+       meaning="Chosen and rejected are identical for some pairs (h is exactly 0 at every step).",
+       causes="Duplicate responses in the data, or truncation that cut both responses to the "
+              "same tokens.",
+       fix="Drop pairs whose responses are identical after tokenization and truncation.")
+def degenerate_pairs(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        raise Skip("needs a pair log")
+    pairs = data.pairs
+    if not {"policy_chosen_logps", "policy_rejected_logps"} <= set(pairs.columns):
+        raise Skip("needs policy log-probs")
+    key = ["split", "example_id"] if "example_id" in pairs.columns else ["split", "step"]
+    identical = (pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps")) & \
+        pl.col("policy_chosen_logps").is_finite()
+    if "chosen" in pairs.columns and "rejected" in pairs.columns:
+        identical = identical | (pl.col("chosen") == pl.col("rejected"))
+    # Rows without texts compare as null; a null must not count as identical.
+    per_example = pairs.group_by(key).agg(identical.fill_null(False).all().alias("same"))
+    same = int(per_example.get_column("same").sum())
+    if same == 0:
+        return []
+    share = same / per_example.height
+    unit = "examples" if key[1] == "example_id" else "steps"
+    return [data.finding(
+        "degenerate-pairs", f"{same} pair(s) have identical chosen and rejected responses",
+        f"{same} of {per_example.height} {unit} ({share:.1%}) have exactly equal chosen and "
+        "rejected log-probs at every scoring. Such pairs carry no preference and always cost "
+        "the zero-margin loss; remove them from the data.",
+        evidence={"degenerate": same, "total": per_example.height, "share": share})]
+
+
+@check("duplicate-steps", "warning", ("pairs", "steps"),
+       meaning="Repeated or non-monotonic steps, as a resumed run writes them.",
+       causes="A run resumed from a checkpoint that appends to the same log, or two runs "
+              "written into one file.",
+       fix="Keep the records of the last attempt for each step, or split the log per attempt.")
+def duplicate_steps(data: RunData) -> list[Finding]:
+    if data.pairs is not None:
+        key = ["split", "step", "example_id"] if "example_id" in data.pairs.columns else None
+        if key is None:
+            raise Skip("needs example ids to tell a repeated pair from another pair")
+        repeated = data.pairs.group_by(key).len().filter(pl.col("len") > 1)
+        if repeated.height == 0:
+            return []
+        steps = sorted(set(repeated.get_column("step").to_list()))
+        return [data.finding(
+            "duplicate-steps", f"{repeated.height} pair(s) logged twice at the same step",
+            f"{repeated.height} (split, step, example_id) combinations appear more than once, at "
+            f"{len(steps)} step(s) from step {steps[0]}. A resumed run or a merged log repeats "
+            "records; all copies are averaged into the step aggregates.",
+            step=steps[0], evidence={"repeated": repeated.height, "steps": steps[:20]})]
+    if "record" not in data.steps.columns:
+        raise Skip("the log keeps no record order")
+    findings = []
+    for split in data.run.splits:
+        rows = data.steps.filter(pl.col("split") == split).sort("record")
+        steps = rows.get_column("step")
+        backwards = int((steps.diff() <= 0).sum())
+        if backwards == 0:
+            continue
+        first = int(rows.filter(steps.diff() <= 0).get_column("step")[0])
+        findings.append(data.finding(
+            "duplicate-steps", f"The {split} steps repeat or go backwards {backwards} time(s)",
+            f"In record order the {split} step number fails to increase {backwards} time(s), first "
+            f"at step {first}: a resumed run appended to the log. Every record is kept; charts "
+            "show repeated steps as they were logged.",
+            split=split, step=first, evidence={"non_increasing": backwards, "first_step": first}))
+    return findings
+
+
+# Summed log-probs grow in magnitude with the response length: the per-step correlation of
+# |log-prob| with length is clearly positive for a correct mask (about 0.7 in the sample runs).
+# Padding summed into the log-probs turns it negative, because shorter responses get more padding.
+MASK_MIN_CORRELATION = 0.1
+# No tokenizer gives a per-token log-prob below -30 nats on text a model was trained on.
+PLAUSIBLE_PER_TOKEN_NATS = 30.0
+
+
+@check("mask-or-padding-suspect", "warning", ("pairs",),
+       meaning="Summed log-probs do not scale with response length, or the per-token log-prob is "
+               "implausible.",
+       causes="Padding or prompt tokens inside the response mask, a mask applied to half the "
+              "batch, lengths that do not describe the masked tokens.",
+       fix="Check the response mask: prompt and padding excluded, first response token included.")
+def mask_or_padding_suspect(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        raise Skip("needs a pair log")
+    pairs = data.pairs
+    if not {"chosen_length", "rejected_length"} <= set(pairs.columns):
+        raise Skip("needs chosen_length and rejected_length")
+    if data.run.meta.logps_normalisation == "mean":
+        raise Skip("log-probs are per-token averages, which do not scale with length")
+    column = "reference_chosen_logps" if "reference_chosen_logps" in pairs.columns else "policy_chosen_logps"
+    other = column.replace("chosen", "rejected")
+    if column not in pairs.columns:
+        raise Skip("needs sequence log-probs")
+
+    # Per-step correlation of |log-prob| with length, chosen and rejected pooled.
+    pooled = pl.concat([
+        pairs.select("step", pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
+        pairs.select("step", pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
+    ]).filter(pl.col("size").is_finite())
+    per_step = (pooled.group_by("step").agg(pl.corr("size", "length").alias("r"),
+                                            pl.col("length").std().alias("spread"))
+                .filter((pl.col("spread") > 0) & pl.col("r").is_finite()))
+    per_token = float((pooled.get_column("size") / pooled.get_column("length")).median())
+    if per_step.height < 3 and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
+        raise Skip("too few steps with varying response lengths")
+    correlation = float(per_step.get_column("r").median()) if per_step.height else None
+    uncorrelated = correlation is not None and correlation < MASK_MIN_CORRELATION
+    if not uncorrelated and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
+        return []
+    return [data.finding(
+        "mask-or-padding-suspect", "Log-probs do not follow the response length",
+        f"The median per-step correlation between |{column}| and the response length is "
+        f"{correlation if correlation is not None else float('nan'):.2f} (summed log-probs of a "
+        f"correct mask correlate positively) and the median per-token log-prob is -{per_token:.3g} "
+        "nats. Padding or prompt tokens in the response mask are the usual cause.",
+        evidence={"column": column, "median_correlation": correlation,
+                  "median_per_token_nats": per_token, "steps": per_step.height})]

@@ -159,3 +159,90 @@ def overfitting(data: RunData) -> list[Finding]:
         evidence={"best_eval_loss": float(losses[best]), "best_step": best_step,
                   "final_eval_loss": float(losses[-1]), "train_loss_at_best": train_then,
                   "train_loss_final": train_now})]
+
+
+# A margin that tracks the length difference this strongly, and more than early in training,
+# is learning length rather than content.
+LENGTH_CORRELATION = 0.3
+LENGTH_CORRELATION_GAIN = 0.2
+
+
+@check("length-exploitation", "warning", ("pairs",),
+       meaning="The reward margin correlates with the chosen-minus-rejected length difference, more "
+               "so as training goes on.",
+       causes="Chosen responses that are systematically longer; summed log-probs reward verbosity.",
+       fix="Balance lengths in the data, or use a length-normalised loss (sigmoid_norm, SimPO, "
+           "R-DPO's length term).")
+def length_exploitation(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        raise Skip("needs a pair log")
+    pairs = data.pairs
+    if not {"chosen_length", "rejected_length"} <= set(pairs.columns):
+        raise Skip("needs chosen_length and rejected_length")
+    first = pairs.get_column("step").min()
+    per_step = (pairs.filter((pl.col("split") == "train") & (pl.col("step") > first)
+                             & pl.col("margin").is_finite())
+                .with_columns((pl.col("chosen_length") - pl.col("rejected_length")).alias("difference"))
+                .group_by("step").agg(pl.corr("margin", "difference").alias("r"))
+                .filter(pl.col("r").is_finite()).sort("step"))
+    if per_step.height < MIN_TREND_STEPS:
+        raise Skip("too few train steps with varying length differences")
+    early, late = end_windows(per_step)
+    early_r, late_r = float(early.get_column("r").mean()), float(late.get_column("r").mean())
+    if not (late_r >= LENGTH_CORRELATION and late_r - early_r >= LENGTH_CORRELATION_GAIN):
+        return []
+    return [data.finding(
+        "length-exploitation", "The margin follows the length difference",
+        f"The per-step correlation between the reward margin and the chosen-minus-rejected "
+        f"length grew from {early_r:.2f} to {late_r:.2f}: the policy increasingly separates pairs "
+        "by length.", split="train",
+        evidence={"early_correlation": early_r, "late_correlation": late_r})]
+
+
+# A logged loss this many times the run's running median, and above twice the zero-margin value
+# (a batch confidently wrong), is a spike; so is a grad_norm 50 times its running median, far
+# beyond the 10-25x excursions seen in noisy but healthy LoRA runs.
+LOSS_SPIKE_RATIO = 3.0
+GRAD_SPIKE_RATIO = 50.0
+RUNNING_WINDOW = 21
+
+
+def _spikes(values: pl.Series, ratio: float, floor: float) -> list[int]:
+    """Indices where a value exceeds `ratio` x the running median of the previous records and `floor`."""
+    running = values.shift(1).rolling_median(RUNNING_WINDOW, min_samples=5)
+    mask = (values > ratio * running) & (values > floor) & running.is_not_null()
+    return [int(i) for i in mask.arg_true().to_list()]
+
+
+@check("instability", "warning", ("pairs", "steps"),
+       meaning="The loss or grad_norm spikes far above the run's own level.",
+       causes="A learning rate too high for the batch size, fp16 overflow on the way to NaN, "
+              "a bad batch.",
+       fix="Lower the learning rate or raise warm-up, clip gradients, inspect the batches at the "
+           "spikes.")
+def instability(data: RunData) -> list[Finding]:
+    loss_type, _ = data.loss_type_for_checks()
+    spec = data.loss_spec if data.run.meta.loss_type else None
+    zero_margin = (spec.zero_margin(data.run.meta.beta or 0.1, data.run.meta.label_smoothing)
+                   if spec is not None and spec.zero_margin is not None else
+                   (math.log(2) if loss_type == "sigmoid" else 0.0))
+    spikes: dict[str, list[int]] = {}
+    train = data.split_steps("train")
+    if train.height < RUNNING_WINDOW:
+        raise Skip(f"needs at least {RUNNING_WINDOW} train records")
+    if "loss" in train.columns:
+        loss = train.get_column("loss").fill_nan(None)
+        spikes["loss"] = _spikes(loss, LOSS_SPIKE_RATIO, 2 * zero_margin)
+    if "grad_norm" in train.columns:
+        spikes["grad_norm"] = _spikes(train.get_column("grad_norm").fill_nan(None), GRAD_SPIKE_RATIO, 0.0)
+    spikes = {name: rows for name, rows in spikes.items() if rows}
+    if not spikes:
+        return []
+    steps = {name: train.get_column("step").gather(rows).to_list() for name, rows in spikes.items()}
+    first = min(min(s) for s in steps.values())
+    listed = "; ".join(f"{name} at step(s) {', '.join(map(str, s[:5]))}" for name, s in steps.items())
+    return [data.finding(
+        "instability", "Loss or gradient spikes",
+        f"Spikes far above the run's running median: {listed}. A learning rate too high, an "
+        "overflow or a bad batch causes them; inspect the batches at those steps.",
+        split="train", step=int(first), evidence={"spike_steps": {k: v[:20] for k, v in steps.items()}})]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from dpodiag.checks.base import (Finding, RunData, Skip, check, require_pairs, require_reference_loss,
@@ -184,3 +185,102 @@ def reference_not_initial_policy(data: RunData) -> list[Finding]:
         f"1% of the median |reference log-prob| {scale:.3g}).{loss_text} The reference is not the "
         "checkpoint the policy starts from, or it is scored differently (dtype, template, dropout).",
         step=0, evidence=evidence)]
+
+
+# The same example scored twice by a frozen reference differs only by numerics; 1% of the
+# log-prob bounds bf16 noise and batch-composition effects, as at step 0.
+FROZEN_RELATIVE_TOLERANCE = 0.01
+# Share of repeatedly scored examples whose reference moved, above which the reference moves.
+MOVED_SHARE = 0.1
+
+
+@check("reference-not-frozen", "error", ("pairs", "steps"),
+       meaning="The reference log-prob of the same example changes between steps.",
+       causes="A reference that shares weights with the policy or is refreshed (an adapter toggle "
+              "bug, TR-DPO sync), a reference scored with dropout on, or padding counted in the "
+              "log-probs so that the value depends on the batch.",
+       fix="Score the reference once with a frozen model in eval mode (or precompute it), and "
+           "mask padding out of the log-probs.")
+def reference_not_frozen(data: RunData) -> list[Finding]:
+    require_reference_loss(data)
+    if data.run.meta.trainer_config.get("sync_ref_model"):
+        raise Skip("the trainer refreshes the reference on purpose (sync_ref_model)")
+    if data.pairs is None:
+        return _eval_identity_drift(data)
+    pairs = require_pairs(data)
+    if not _has_reference_columns(pairs) or "example_id" not in pairs.columns:
+        raise Skip("needs reference log-probs and example ids")
+
+    # Spread of each example's reference log-prob over the steps that scored it.
+    spread = (pairs.filter(pl.col("reference_chosen_logps").is_finite())
+              .group_by(["split", "example_id"])
+              .agg(pl.len().alias("scored"),
+                   (pl.col("reference_chosen_logps").max() - pl.col("reference_chosen_logps").min()).alias("spread"),
+                   pl.col("reference_chosen_logps").abs().mean().alias("size"))
+              .filter(pl.col("scored") > 1))
+    if spread.height == 0:
+        raise Skip("no example is scored at more than one step")
+    if _ratios_vanish(pairs):
+        return []  # the reference is the policy itself: reference-tracks-policy reports it
+    tolerance = pl.max_horizontal(pl.lit(1e-3), FROZEN_RELATIVE_TOLERANCE * pl.col("size"))
+    moved = spread.filter(pl.col("spread") > tolerance)
+    share = moved.height / spread.height
+    if share < MOVED_SHARE:
+        return []
+    median_spread = float(moved.get_column("spread").median())
+    return [data.finding(
+        "reference-not-frozen", "The reference log-probs of the same examples change between steps",
+        f"{moved.height} of {spread.height} examples scored more than once ({share:.0%}) have a "
+        f"reference chosen log-prob that moved by more than 1% (median change {median_spread:.3g} "
+        "nats). A frozen reference gives the same value every time: the reference is updated, "
+        "scored with dropout on, or its log-probs depend on the batch (padding in the mask).",
+        evidence={"examples_moved": moved.height, "examples_repeated": spread.height,
+                  "share": share, "median_change": median_spread,
+                  "max_change": float(moved.get_column("spread").max())})]
+
+
+def _ratios_vanish(pairs: pl.DataFrame) -> bool:
+    """True when the log-ratios are exactly 0 for nearly every pair."""
+    zero = (pairs.get_column("chosen_logratio") == 0) & (pairs.get_column("rejected_logratio") == 0)
+    return float(zero.mean()) >= 0.99
+
+
+def _eval_identity_drift(data: RunData) -> list[Finding]:
+    """Step logs: on a fixed eval set, logps - rewards/beta is the mean reference log-prob.
+
+    Fitting rewards = beta * (logps - reference) over the evaluations gives beta as the slope;
+    a frozen reference leaves no residual beyond the logged rounding.
+    """
+    dialect = data.dialect
+    if dialect is not None and not dialect.rewards_beta_scaled:
+        raise Skip("rewards are not beta-scaled in this dialect")
+    rows = require_steps(data, "eval", ["rewards_chosen", "logps_chosen", "rewards_rejected",
+                                        "logps_rejected"], 3)
+    implied, residuals = {}, {}
+    beta = data.run.meta.beta
+    for side in ("chosen", "rejected"):
+        logps = rows.get_column(f"logps_{side}").to_numpy()
+        rewards = rows.get_column(f"rewards_{side}").to_numpy()
+        if beta is not None:
+            reference = logps - rewards / beta
+        else:
+            slope, intercept = np.polyfit(logps, rewards, 1)
+            if slope <= 0:
+                raise Skip("eval rewards do not grow with eval log-probs, so beta cannot be fitted")
+            reference = logps - rewards / slope
+        implied[side] = reference
+        residuals[side] = float(reference.max() - reference.min())
+    scale = float(np.mean(np.abs(np.concatenate(list(implied.values())))))
+    tolerance = max(1e-3, FROZEN_RELATIVE_TOLERANCE * scale)
+    if max(residuals.values()) <= tolerance:
+        return []
+    beta_text = f"beta {beta:g}" if beta is not None else "the beta fitted to the evaluations"
+    return [data.finding(
+        "reference-not-frozen", "The implied eval reference log-prob drifts",
+        f"On the eval set, logps - rewards/beta (with {beta_text}) is the mean reference log-prob "
+        f"and must stay constant; it moves by {residuals['chosen']:.3g} (chosen) and "
+        f"{residuals['rejected']:.3g} (rejected) nats across {rows.height} evaluations. The "
+        "reference moves, the recorded beta is wrong, or the eval set changes between evaluations.",
+        split="eval", evidence={"drift_chosen": residuals["chosen"], "drift_rejected": residuals["rejected"],
+                                "tolerance": tolerance, "evaluations": rows.height,
+                                "beta": beta})]

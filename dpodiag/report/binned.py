@@ -10,7 +10,7 @@ from scipy.special import expit
 
 from dpodiag.checks.base import RunData
 from dpodiag.report.figures import Chart, add_guide, splits_of
-from dpodiag.report.traces import layout, line, run_colour
+from dpodiag.report.traces import layout, legend_entry, line, run_colour, run_entries, style_entries
 
 LENGTH_BINS = 10
 PROBABILITY_BINS = 10
@@ -27,6 +27,17 @@ def phase_pairs(pairs: pl.DataFrame, late: bool) -> pl.DataFrame:
     count = max(1, int(round(len(steps) * PHASE_SHARE)))
     chosen = steps[-count:] if late else steps[:count]
     return train.filter(pl.col("step").is_in(chosen.tolist()))
+
+
+def length_edges(differences: np.ndarray) -> np.ndarray:
+    """Bin edges for length differences: one bin per value when there are few distinct values
+    (short responses), else LENGTH_BINS quantile bins."""
+    values = np.unique(differences)
+    if len(values) <= 2 * LENGTH_BINS:
+        # Edges halfway between neighbouring values put each value in a bin of its own.
+        middles = (values[1:] + values[:-1]) / 2
+        return np.concatenate([[values[0] - 0.5], middles, [values[-1] + 0.5]])
+    return np.unique(np.quantile(differences, np.linspace(0, 1, LENGTH_BINS + 1)))
 
 
 def binned_means(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +76,8 @@ def length_chart(runs: list[RunData]) -> Chart:
     if not traces:
         chart.missing = "needs chosen_length/rejected_length columns in a pair log"
         return chart
+    traces += [legend_entry("first 20 % of steps", group="style-early", dash="dot", width=1.5, markers=True),
+               legend_entry("last 20 % of steps", group="style-late", width=2, markers=True)]
     figure_layout = layout(["margin"], y_titles=["mean reward margin"],
                            x_title="chosen − rejected length (tokens)")
     add_guide(figure_layout, 0.0, 0, "")
@@ -78,28 +91,32 @@ def length_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
     if pairs is None or not {"chosen_length", "rejected_length", "margin"} <= set(pairs.columns):
         return []
     difference = (pl.col("chosen_length") - pl.col("rejected_length")).alias("difference")
-    everything = phase_pairs(pairs, late=False).select(difference).get_column("difference").to_numpy()
+    phases = [phase_pairs(pairs, late).select(difference, "margin") for late in (False, True)]
+    everything = pl.concat(phases).get_column("difference").to_numpy().astype(np.float64)
     everything = everything[np.isfinite(everything)]
     if len(everything) == 0:
         return []
 
-    # Quantile bin edges over the early pairs, shared by both phases of the run.
-    edges = np.unique(np.quantile(everything, np.linspace(0, 1, LENGTH_BINS + 1)))
-    if len(edges) < 2:
-        edges = np.array([everything[0] - 0.5, everything[0] + 0.5])
+    # Bin edges shared by both phases of the run.
+    edges = length_edges(everything)
     traces = []
-    for late in (False, True):
-        frame = phase_pairs(pairs, late).select(difference, "margin")
+    correlations = []
+    for late, frame in zip((False, True), phases):
         x = frame.get_column("difference").to_numpy().astype(np.float64)
         y = frame.get_column("margin").to_numpy().astype(np.float64)
         mean_x, mean_y = binned_means(x, y, edges)
-        phase = "late" if late else "early"
+        correlations.append(correlation(x, y))
         trace = line(mean_x, mean_y, run=data.name, colour=colour, split="train",
-                     label=f"{phase} (r = {correlation(x, y):.2f})")
+                     label="last 20 % of steps" if late else "first 20 % of steps")
         trace.update(mode="lines+markers")
         trace["line"].update(dash="solid" if late else "dot", width=2 if late else 1.5)
         trace["hovertemplate"] = "length difference %{x:.4g}<br>mean margin %{y:.4g}"
         traces.append(trace)
+
+    # The run's legend entry carries the correlation at the start and at the end.
+    early, late = (f"{r:.2f}" if np.isfinite(r) else "n/a" for r in correlations)
+    traces += run_entries([(f"{data.name} (r {early} → {late})", colour)])
+    traces[-1]["legendgroup"] = data.name
     return traces
 
 
@@ -135,7 +152,7 @@ def reliability_chart(runs: list[RunData]) -> Chart:
                      label="late pairs")
         trace.update(mode="lines+markers")
         trace["hovertemplate"] = "mean p %{x:.3f}<br>mean preference strength %{y:.3f}"
-        traces.append(trace)
+        traces += [trace, *run_entries([(data.name, run_colour(index))])]
     if not traces:
         chart.missing = "needs preference_strength and finite margins in the last train steps"
         return chart
@@ -158,6 +175,7 @@ def entropy_chart(runs: list[RunData]) -> Chart:
                   "means overconfident (confidently wrong on many pairs), below it underconfident. "
                   "With a preference_strength column this chart becomes a reliability diagram.")
     traces: list[dict[str, Any]] = []
+    splits: set[str] = set()
     for index, data in enumerate(runs):
         frame = entropy_per_step(data)
         if frame is None:
@@ -167,14 +185,17 @@ def entropy_chart(runs: list[RunData]) -> Chart:
             part = frame.filter(pl.col("split") == split)
             if part.height == 0:
                 continue
+            splits.add(split)
             x = part.get_column("step").to_numpy()
             for column, expected in (("entropy", True), ("log_loss", False)):
                 label = "entropy H(p)" if expected else "log-loss −log p"
                 traces.append(line(x, part.get_column(column).to_numpy(), run=data.name,
                                    colour=run_colour(index), split=split, label=label, expected=expected))
+        traces += run_entries([(data.name, run_colour(index))])
     if not traces:
         chart.missing = "needs a pair log (per-pair margins)"
         return chart
+    traces += style_entries(splits, measured="log-loss −log p", expected="entropy H(p)")
     figure_layout = layout(["calibration"], y_titles=["nats"])
     chart.figure = {"data": traces, "layout": figure_layout}
     return chart
@@ -186,10 +207,12 @@ def entropy_per_step(data: RunData) -> pl.DataFrame | None:
         return None
     margin = data.pairs.get_column("margin").to_numpy().astype(np.float64)
     # With p = σ(m): −log p = softplus(−m) and −log(1 − p) = softplus(m), both stable for large |m|.
-    loss_if_chosen = np.logaddexp(0.0, -margin)
-    loss_if_rejected = np.logaddexp(0.0, margin)
-    probability = expit(margin)
-    entropy = probability * loss_if_chosen + (1.0 - probability) * loss_if_rejected
+    # NaN margins give NaN here and are dropped below.
+    with np.errstate(invalid="ignore"):
+        loss_if_chosen = np.logaddexp(0.0, -margin)
+        loss_if_rejected = np.logaddexp(0.0, margin)
+        probability = expit(margin)
+        entropy = probability * loss_if_chosen + (1.0 - probability) * loss_if_rejected
     frame = data.pairs.select("split", "step").with_columns(
         pl.Series("log_loss", loss_if_chosen), pl.Series("entropy", entropy))
     frame = frame.filter(pl.col("log_loss").is_finite() & pl.col("entropy").is_finite())

@@ -54,11 +54,14 @@ def largest_loss(pairs: pl.DataFrame) -> list[dict[str, Any]]:
 def largest_flips(pairs: pl.DataFrame) -> list[dict[str, Any]] | None:
     """Examples whose preferred side changed between first and last scoring, largest change in p first.
 
-    Returns None without example ids, since an example cannot then be followed across steps.
+    Scorings with a margin of exactly 0 are skipped. Returns None without example ids, since an
+    example cannot then be followed across steps.
     """
     if not has_ids(pairs):
         return None
-    ordered = pairs.filter(pl.col("example_id").is_not_null() & pl.col("margin").is_finite()).sort("step")
+    # A margin of exactly 0 (every pair before the first update) is a tie, not a side.
+    ordered = pairs.filter(pl.col("example_id").is_not_null() & pl.col("margin").is_finite()
+                           & (pl.col("margin") != 0)).sort("step")
     text_columns = [c for c in TEXT_COLUMNS if c in pairs.columns]
     ends = ordered.group_by(["split", "example_id"]).agg(
         pl.col("step").first().alias("first_step"), pl.col("step").last().alias("step"),

@@ -9,7 +9,8 @@ import numpy as np
 
 from dpodiag.checks.base import RunData
 from dpodiag.compute.losses import LOSSES
-from dpodiag.report.traces import axis_names, envelope, hline, layout, line, plotly_text, run_colour, step_series
+from dpodiag.report.traces import (axis_names, envelope, hline, layout, legend_entry, line, plotly_text,
+                                   run_colour, run_entries, step_series, style_entries)
 
 
 @dataclass
@@ -59,27 +60,35 @@ def overlay(chart: Chart, runs: list[RunData], panels: list[Panel], *, missing: 
             shared_y: bool = False) -> Chart:
     """Fill `chart` with one line per run, split and series in each panel."""
     traces: list[dict[str, Any]] = []
-    legend_seen: set[str] = set()
+    drawn_runs: list[tuple[str, str]] = []
+    drawn_splits: set[str] = set()
+    drawn_expected: list[str] = []
     for index, data in enumerate(runs):
-        drawn = False
+        count = len(traces)
         for split in splits_of(data):
             for panel_index, panel in enumerate(panels):
                 for series in panel.series:
                     points = step_series(data.steps, split, series.column)
                     if points is None:
                         continue
-                    # One legend entry per run, split and label, whichever panel draws it first.
-                    key = f"{index}|{split}|{series.label}"
                     traces.append(line(*points, run=data.name, colour=run_colour(index), split=split,
-                                       label=series.label, panel=panel_index,
-                                       legend=key not in legend_seen, expected=series.expected))
-                    legend_seen.add(key)
-                    drawn = True
-        if not drawn:
+                                       label=series.label, panel=panel_index, expected=series.expected))
+                    drawn_splits.add(split)
+                    if series.expected and series.label not in drawn_expected:
+                        drawn_expected.append(series.label)
+        if len(traces) > count:
+            drawn_runs.append((data.name, run_colour(index)))
+        else:
             chart.absent_runs.append(data.name)
     if not traces:
         chart.missing = missing
         return chart
+
+    # Legend: the runs, then the line styles; the reference style only when one was drawn.
+    measured = [s.label for p in panels for s in p.series if not s.expected and s.label]
+    traces += run_entries(drawn_runs)
+    traces += style_entries(drawn_splits, measured=measured[0] if drawn_expected and measured else "",
+                            expected=drawn_expected[0] if drawn_expected else "")
 
     # Panels, then their guide lines.
     figure_layout = layout([p.title for p in panels], y_titles=[p.y_title for p in panels],
@@ -202,14 +211,21 @@ def probability_chart(runs: list[RunData]) -> Chart:
                   "lower band that sinks towards 0 means many pairs end up ranked the wrong way "
                   "round with confidence.")
     traces: list[dict[str, Any]] = []
+    drawn_runs: list[tuple[str, str]] = []
     for index, data in enumerate(runs):
         run_traces = probability_traces(data, run_colour(index))
-        if not run_traces:
+        if run_traces:
+            drawn_runs.append((data.name, run_colour(index)))
+        else:
             chart.absent_runs.append(data.name)
         traces.extend(run_traces)
     if not traces:
         chart.missing = "needs a pair log (per-pair margins); step logs carry no distribution"
         return chart
+    traces += run_entries(drawn_runs)
+    traces += [legend_entry("train median", group="style-train", width=2),
+               legend_entry("eval median", group="style-eval", width=2, dash="dash", markers=True),
+               legend_entry("train 5–95 % and 25–75 % bands", group="style-band", width=10, opacity=0.25)]
     figure_layout = layout(["p"], y_titles=["p(chosen preferred)"])
     figure_layout["yaxis"]["range"] = [0, 1]
     add_guide(figure_layout, 0.5, 0, "")

@@ -67,7 +67,9 @@ def render_html(diagnosis, title: str | None = None) -> str:
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": run_rows(runs),
         "verdict": verdict(diagnosis),
-        "findings": finding_views(diagnosis.findings, runs, {c.id for c in charts if c.figure}),
+        "findings": finding_views(diagnosis.findings, runs, {chart.id: f"{number}: {chart.title}"
+                                                             for number, chart in enumerate(charts, 1)
+                                                             if chart.figure}),
         "charts": charts,
         "figures": {chart.id: script_json(chart.figure) for chart in charts if chart.figure},
         "comparison": comparison_rows(runs, diagnosis.findings),

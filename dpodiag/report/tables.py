@@ -95,10 +95,16 @@ class FindingView:
     evidence: list[tuple[str, str]]
     fix: str | None
     chart: str | None
+    """The anchor of the chart that shows the finding, when that chart is drawn."""
+    chart_title: str | None
 
 
-def finding_views(findings: list[Finding], runs: list[RunData], chart_ids: set[str]) -> dict[str, list[FindingView]]:
-    """Findings grouped by severity, in run order and then step order within each severity."""
+def finding_views(findings: list[Finding], runs: list[RunData],
+                  chart_titles: dict[str, str]) -> dict[str, list[FindingView]]:
+    """Findings grouped by severity, in run order and then step order within each severity.
+
+    `chart_titles` maps the anchors of the drawn charts to the titles that links show.
+    """
     colours = {data.name: run_colour(index) for index, data in enumerate(runs)}
     order = {data.name: index for index, data in enumerate(runs)}
     grouped: dict[str, list[FindingView]] = {severity: [] for severity in SEVERITIES}
@@ -111,7 +117,7 @@ def finding_views(findings: list[Finding], runs: list[RunData], chart_ids: set[s
             finding=finding, colour=colours.get(finding.run, "#777"),
             evidence=[(str(key), format_value(value)) for key, value in finding.evidence.items()],
             fix=spec.fix if spec is not None else None,
-            chart=chart if chart in chart_ids else None))
+            chart=chart if chart in chart_titles else None, chart_title=chart_titles.get(chart)))
     return grouped
 
 

@@ -3,7 +3,8 @@
 One colour per run (by run order, the same in every chart); train lines solid, eval lines dashed
 with markers. A quantity measured by the trainer is a thin line; the value it should match
 (recomputed loss, entropy) is a wide pale line underneath, so agreement shows as a thin line
-inside a pale band.
+inside a pale band. The legend has one entry per run, which hides or shows all of that run's
+lines, followed by grey entries that name the line styles; data traces have no entry of their own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ RUN_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
 # Points kept per series; charts are about 400-1100 px wide, so more would not show.
 MAX_POINTS = 240
 SPLIT_DASH = {"train": "solid", "eval": "dash"}
+STYLE_GREY = "#666"
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Liberation Sans', Arial, sans-serif"
 
 
@@ -88,7 +90,7 @@ def axis_names(panel: int) -> tuple[str, str]:
 
 
 def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, label: str = "",
-         panel: int = 0, legend: bool = True, expected: bool = False) -> dict[str, Any]:
+         panel: int = 0, expected: bool = False) -> dict[str, Any]:
     """A line trace of one run and split; `expected` draws the wide pale reference style."""
     x, y = downsample(x, y)
     xaxis, yaxis = axis_names(panel)
@@ -96,7 +98,7 @@ def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, lab
     name = plotly_text(f"{run} · {split}" + (f" · {label}" if label else ""))
     return {
         "type": "scatter", "mode": "lines+markers" if eval_markers else "lines",
-        "x": x, "y": y, "name": name, "legendgroup": run, "showlegend": legend,
+        "x": x, "y": y, "name": name, "legendgroup": run, "showlegend": False,
         "xaxis": xaxis, "yaxis": yaxis,
         "line": {"color": colour, "width": 7 if expected else 2,
                  "dash": SPLIT_DASH.get(split, "dot")},
@@ -104,6 +106,34 @@ def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, lab
         "opacity": 0.3 if expected else 1.0,
         "hovertemplate": "step %{x}<br>%{y:.4g}",
     }
+
+
+def legend_entry(name: str, *, group: str, colour: str = STYLE_GREY, dash: str = "solid",
+                 width: float = 3, markers: bool = False, opacity: float = 1.0) -> dict[str, Any]:
+    """A legend-only trace (no data point): a run's entry or the key to one line style."""
+    return {"type": "scatter", "mode": "lines+markers" if markers else "lines", "x": [None], "y": [None],
+            "name": plotly_text(name), "legendgroup": group, "showlegend": True, "hoverinfo": "skip",
+            "line": {"color": colour, "dash": dash, "width": width}, "marker": {"size": 5, "color": colour},
+            "opacity": opacity}
+
+
+def run_entries(runs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Legend entries for (run name, colour) pairs; clicking one hides or shows that run."""
+    return [legend_entry(name, group=name, colour=colour) for name, colour in runs]
+
+
+def style_entries(splits: set[str], measured: str = "", expected: str = "") -> list[dict[str, Any]]:
+    """Grey legend entries naming the styles in use: train and eval lines of the `measured`
+    quantity, and the wide pale line of the `expected` one."""
+    suffix = f" · {measured}" if measured else ""
+    entries = []
+    if "train" in splits:
+        entries.append(legend_entry(f"train{suffix}", group="style-train", width=2))
+    if "eval" in splits:
+        entries.append(legend_entry(f"eval{suffix}", group="style-eval", width=2, dash="dash", markers=True))
+    if expected:
+        entries.append(legend_entry(expected, group="style-expected", width=7, opacity=0.3))
+    return entries
 
 
 def plotly_text(text: str) -> str:
@@ -125,15 +155,16 @@ def hline(value: float, panel: int = 0, text: str = "") -> tuple[dict[str, Any],
     return shape, label
 
 
-def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", height: int = 360,
+def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", height: int = 420,
            shared_y: bool = False) -> dict[str, Any]:
     """A layout with `len(panels)` side-by-side panels titled by `panels`."""
     count = len(panels)
     gap = 0.07 if count > 1 else 0.0
     width = (1 - gap * (count - 1)) / count
-    # The legend goes below the x-axis title: about 62 px under the plot area, in paper units.
-    margin = {"l": 60, "r": 20, "t": 56 if count > 1 else 36, "b": 40}
-    legend_y = -62 / (height - margin["t"] - margin["b"])
+    # The bottom margin holds the tick labels, the x-axis title and one or two legend rows, so
+    # the legend sits 56 px under the plot area without plotly growing the margin.
+    margin = {"l": 64, "r": 20, "t": 56 if count > 1 else 36, "b": 110}
+    legend_y = -56 / (height - margin["t"] - margin["b"])
     result: dict[str, Any] = {
         "height": height, "margin": margin,
         "font": {"family": FONT, "size": 12, "color": "#222"},

@@ -5,19 +5,23 @@ import pytest
 import dpodiag
 from synthetic import SAMPLE_LOGS, codes
 
-# Sample file -> the error code its seeded bug must raise (None: no error at all).
+# Sample file -> the exact set of error codes its seeded bug must raise, and a warning it must
+# raise where the bug shows as a warning.
 EXPECTED = {
-    "healthy": None,
-    "simpo-reference-free": None,
-    "reference-tracks-policy": "reference-tracks-policy",
-    "reference-not-initial-policy": "reference-not-initial-policy",
-    "preference-inverted": "preference-direction-inverted",
-    "chosen-rejected-swapped": "preference-direction-inverted",
-    "beta-mismatch": "beta-mismatch",
-    "nan-step": "non-finite-values",
-    "reference-dropout": "reference-not-initial-policy",
-    "loss-scaled-by-accumulation": "loss-scale-mismatch",
-    "ipo-recorded-as-sigmoid": "loss-type-mismatch",
+    "healthy": (set(), None),
+    "simpo-reference-free": (set(), None),
+    "reference-tracks-policy": ({"reference-tracks-policy"}, None),
+    "reference-not-initial-policy": ({"reference-not-initial-policy"}, None),
+    "preference-inverted": ({"preference-direction-inverted"}, None),
+    "chosen-rejected-swapped": ({"preference-direction-inverted"}, None),
+    "beta-mismatch": ({"beta-mismatch"}, None),
+    "nan-step": ({"non-finite-values"}, None),
+    # Dropout makes the step-0 reference differ from the policy and vary between scorings.
+    "reference-dropout": ({"reference-not-initial-policy", "reference-not-frozen"}, None),
+    "loss-scaled-by-accumulation": ({"loss-scale-mismatch"}, None),
+    "ipo-recorded-as-sigmoid": ({"loss-type-mismatch"}, None),
+    # Padding in the mask makes each example's reference log-prob depend on its batch.
+    "padding-in-logps": ({"reference-not-frozen"}, "mask-or-padding-suspect"),
 }
 
 
@@ -27,10 +31,13 @@ def diagnosis():
     return dpodiag.diagnose(dpodiag.load(paths), device="cpu")
 
 
-@pytest.mark.parametrize("name,code", EXPECTED.items())
-def test_sample_errors(diagnosis, name, code):
-    errors = codes([f for f in diagnosis.findings if f.run == name], "error")
-    assert errors == ({code} if code else set())
+@pytest.mark.parametrize("name", EXPECTED)
+def test_sample_findings(diagnosis, name):
+    errors, warning = EXPECTED[name]
+    findings = [f for f in diagnosis.findings if f.run == name]
+    assert codes(findings, "error") == errors
+    if warning:
+        assert warning in codes(findings, "warning")
 
 
 def test_samples_are_small():

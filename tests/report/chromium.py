@@ -43,6 +43,11 @@ class Browser:
         """Open `path` over file:// and wait until every chart is drawn or drawing failed."""
         from selenium.webdriver.support.ui import WebDriverWait
 
+        # The new-tab page that Chromium opens first loads chrome:// resources; leave it and drop
+        # its log entries, so that the logs hold the report's own requests only.
+        self.driver.get("about:blank")
+        self.driver.get_log("performance")
+        self.driver.get_log("browser")
         self.driver.get(path.resolve().as_uri())
         WebDriverWait(self.driver, timeout).until(lambda d: d.execute_script(
             "return document.body.dataset.chartsReady === 'true'"

@@ -101,9 +101,10 @@ def extract_dicts(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str
             broken.append(line_of(start))
         position = end + 1
     if broken:
-        shown = ", ".join(str(line) for line in broken[:5])
-        notes.append(f"{len(broken)} printed dicts could not be parsed and were skipped "
-                     f"(lines {shown}{', ...' if len(broken) > 5 else ''})")
+        shown = ", ".join(str(line) for line in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        many = len(broken) > 1
+        notes.append(f"{len(broken)} printed dict{'s' if many else ''} could not be parsed and "
+                     f"{'were' if many else 'was'} skipped (line{'s' if many else ''} {shown})")
     return found, notes
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dpodiag.dialects import DIALECTS, split_key
+from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.steplogs.table import RawLog, numeric_items
 
@@ -34,7 +34,7 @@ def load_json(path: Path) -> Any:
 def sniff(path: Path, head: bytes) -> str | None:
     """Return the JSON step-log format of a file, or "json-summary" for a summary without steps."""
     text = head.lstrip()
-    if not text[:1] in (b"{", b"["):
+    if text[:1] not in (b"{", b"["):
         return None
     if path.stat().st_size <= SNIFF_PARSE_LIMIT:
         try:
@@ -63,9 +63,15 @@ def classify(data: Any) -> str | None:
     tagged = [v for v in data.values() if isinstance(v, Mapping) and {"step", "value"} <= set(v)]
     if tagged:
         return "tag-summary"
-    if any(split_key(key)[1] in _KNOWN for key in data):
+    if any(_is_hf_result_key(key) for key in data):
         return "hf-results"
     return "json-summary"
+
+
+def _is_hf_result_key(key: str) -> bool:
+    # HF's *_results.json hold eval_<metric> keys and the train_* summary keys.
+    split, base = split_key(key)
+    return key in HF_SUMMARY_KEYS or (split == "eval" and base in _KNOWN)
 
 
 def _history_key(data: Mapping[str, Any]) -> str | None:
@@ -112,7 +118,8 @@ def _from_dicts(path: Path, items: list[Any], fmt: str, notes: list[str]) -> Raw
         records.append(record)
         dropped.update(key for key in text_keys if not key.startswith("_"))
     if not records:
-        raise NoDataError(path, "the log_history list is empty", "pass a log with records")
+        raise NoDataError(path, "the log_history list is empty",
+                          "pass a state saved after the first logging step")
     if dropped:
         notes = [*notes, f"non-numeric fields not read: {', '.join(sorted(dropped))}"]
     return RawLog(records=records, format=fmt, notes=notes)

@@ -32,8 +32,13 @@ _BANNER = {
 
 
 def run_prefix(path: Path) -> str:
-    """Return the part of a file name before its first dot: the run prefix of sibling files."""
-    return path.name.split(".")[0]
+    """Return the file name up to its first dot that starts a word: the run prefix of siblings.
+
+    "trl-cdpo-ls0.05-llama31-8b.console_log.md" -> "trl-cdpo-ls0.05-llama31-8b"; a dot before a
+    digit belongs to a number in the name.
+    """
+    match = re.match(r"^(.*?)\.(?=[A-Za-z_])", path.name)
+    return match.group(1) if match else path.name
 
 
 def siblings(path: Path) -> list[Path]:

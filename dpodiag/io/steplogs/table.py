@@ -20,6 +20,7 @@ from dpodiag.dialects import (
     split_key,
 )
 from dpodiag.errors import NoDataError, UsageError
+from dpodiag.io.steplogs.sidecars import run_prefix
 from dpodiag.schema import STEP_METRICS, Run, RunMeta
 
 SPLIT_ORDER = {"train": 0, "eval": 1}
@@ -57,8 +58,8 @@ def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
 
 
 def default_run_name(path: Path) -> str:
-    """Name a run after its file (up to the first dot), or its folder for generic file names."""
-    stem = path.name.split(".")[0]
+    """Name a run after its file's run prefix, or after its folder for generic file names."""
+    stem = run_prefix(path)
     if stem and stem not in GENERIC_STEMS and not path.is_dir():
         return stem
     folder = path if path.is_dir() else path.parent
@@ -90,7 +91,8 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
                           "pass a log that holds per-step training metrics")
     skipped = source.height - summary_only - table.get_column("record").n_unique()
     if skipped:
-        notes.append(f"{skipped} records without metric values were skipped")
+        notes.append(f"{skipped} record{'s' if skipped > 1 else ''} without metric values "
+                     "skipped")
     table = _assign_steps(table, plan, notes, chosen)
 
     name = run_name or default_run_name(path)
@@ -104,7 +106,8 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
 class _Plan:
     step_keys: list[str]
     shared: dict[str, list[str]]
-    metrics: dict[str, dict[str, list[str]]]
+    metrics: dict[str | None, dict[str, list[str]]]
+    """Split (None for keys without a split marker) -> output column -> source keys."""
     mapping: dict[str, str]
 
 
@@ -112,7 +115,7 @@ def _plan_columns(keys: list[str], dialect: Dialect, column_map: dict[str, str],
                   path: Path) -> _Plan:
     # Resolve user overrides first: canonical=theirs, where theirs is a full key or a base key.
     overrides = _check_overrides(column_map, keys, path)
-    plan = _Plan([], {}, {"train": {}, "eval": {}}, {})
+    plan = _Plan([], {}, {"train": {}, "eval": {}, None: {}}, {})
     step_rank: list[tuple[int, str]] = []
     extras_seen: dict[str, str] = {}
     for key in keys:
@@ -127,7 +130,7 @@ def _plan_columns(keys: list[str], dialect: Dialect, column_map: dict[str, str],
         if target == "epoch":
             plan.shared.setdefault("epoch", []).append(key)
         else:
-            plan.metrics[split or "train"].setdefault(target, []).append(key)
+            plan.metrics[split].setdefault(target, []).append(key)
         plan.mapping.setdefault(target, key)
     plan.step_keys = [key for _, key in sorted(step_rank)]
     if plan.step_keys:
@@ -169,19 +172,34 @@ def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
     common += [pl.col(key).alias(f"__step{i}") for i, key in enumerate(plan.step_keys)]
     if "epoch" in plan.shared:
         common.append(pl.coalesce(plan.shared["epoch"]).alias("epoch"))
+
+    # Keys without a split marker belong to eval in a record that holds eval keys and no
+    # train-prefixed keys (an HF eval dict with perf/* extras), and to train otherwise.
+    keys_of = {split: [k for keys in plan.metrics[split].values() for k in keys]
+               for split in plan.metrics}
+    eval_only = _any_present(keys_of["eval"]) & ~_any_present(keys_of["train"])
+    owner = {"train": ~eval_only, "eval": eval_only}
     frames = []
-    for split, targets in plan.metrics.items():
-        if not targets:
-            continue
-        sources = [key for keys in targets.values() for key in keys]
-        values = [pl.coalesce(keys).alias(name) for name, keys in targets.items()]
-        present = pl.any_horizontal([pl.col(key).is_not_null() for key in sources])
+    for split in ("train", "eval"):
+        names = list(dict.fromkeys([*plan.metrics[split], *plan.metrics[None]]))
+        values = []
+        for name in names:
+            sources = [pl.col(k) for k in plan.metrics[split].get(name, [])]
+            sources += [pl.when(owner[split]).then(pl.col(k)) for k in plan.metrics[None].get(name, [])]
+            values.append(pl.coalesce(sources).alias(name))
+        present = _any_present(keys_of[split]) | (_any_present(keys_of[None]) & owner[split])
         frames.append(raw.filter(present).select(*common, *values, pl.lit(split).alias("split")))
     if not frames:
         return pl.DataFrame(schema={"record": pl.Int64, "split": pl.Utf8})
     table = pl.concat(frames, how="diagonal_relaxed")
     order = pl.col("split").replace_strict(SPLIT_ORDER, default=2)
     return table.sort([pl.col("record"), order])
+
+
+def _any_present(keys: list[str]) -> pl.Expr:
+    if not keys:
+        return pl.lit(False)
+    return pl.any_horizontal([pl.col(key).is_not_null() for key in keys])
 
 
 def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
@@ -199,6 +217,9 @@ def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
         if dialect.step_unit != "optimizer-step":
             notes.append(f"steps count {dialect.step_unit}s, not optimizer steps")
         return table
+    if dialect.step_unit != "optimizer-step":
+        notes.append(f"{dialect.name} logs count {dialect.step_unit} on the step axis, not "
+                     "optimizer steps; this file has no such counter")
     is_train = pl.col("split") == "train"
     if table.filter(is_train).height:
         counted = is_train.cast(pl.Int64).cum_sum()
@@ -233,10 +254,14 @@ def _pop_summaries(records: list[dict[str, float]],
         if "train_runtime" not in once.values():
             kept.append(record)
             continue
-        summary.update({once[k]: v for k, v in record.items() if once[k] in HF_SUMMARY_KEYS})
-        rest = {k: v for k, v in record.items() if once[k] not in HF_SUMMARY_KEYS}
-        kept.append(rest)
+        # W&B, TensorBoard and HF's all_results.json merge the summary keys with split-marked
+        # metrics; an HF log dict holding train_runtime and no such metric is all summary.
+        merged = any(split_key(key)[0] for key in record if once[key] not in HF_SUMMARY_KEYS)
+        in_summary = [k for k in record if once[k] in HF_SUMMARY_KEYS or not merged]
         bookkeeping = set(STEP_KEYS) | IGNORED_KEYS | {"epoch"}
+        summary.update({once[k]: record[k] for k in in_summary if once[k] not in bookkeeping})
+        rest = {k: v for k, v in record.items() if k not in in_summary}
+        kept.append(rest)
         summary_only += all(split_key(key)[1] in bookkeeping for key in rest)
     if summary:
         values = ", ".join(f"{key}={_format(value)}" for key, value in summary.items())
@@ -282,8 +307,14 @@ def _run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
     inferred: dict[str, Any] = {}
     if dialect.framework and meta.framework is None:
         inferred["framework"] = dialect.framework
-    if meta.loss_type is None and dialect.implied_loss_type:
-        inferred["loss_type"] = dialect.implied_loss_type
+    implied = dialect.implied_loss_type or next(
+        (loss for column, loss in dialect.loss_type_markers.items() if column in table.columns),
+        None)
+    if meta.loss_type is None and implied:
+        inferred["loss_type"] = implied
+    elif implied and meta.loss_type != implied:
+        notes.append(f"the trainer config declares loss_type {meta.loss_type}, but the logged "
+                     f"keys are those of {implied} ({dialect.name}: {dialect.description})")
     meta.update(inferred, "inferred")
     _apply_label_smoothing(meta, dialect, notes)
     if meta.logps_normalisation is None:

@@ -52,12 +52,15 @@ def read(path: Path, fmt: str = "tensorboard") -> RawLog:
     # One row per step, one column per tag; a tag written twice at one step keeps its last value.
     points = pl.DataFrame(rows, schema={"tag": pl.Utf8, "step": pl.Int64, "value": pl.Float64},
                           orient="row")
-    duplicates = points.height - points.unique(["tag", "step"]).height
+    repeated = points.filter(pl.struct("tag", "step").is_duplicated())
+    duplicates = repeated.height - repeated.unique(["tag", "step"]).height
     frame = points.pivot(on="tag", index="step", values="value", aggregate_function="last")
     frame = frame.sort("step").with_columns(pl.col("step").cast(pl.Float64))
     notes = [f"{len(set(points['tag']))} scalar tags, {points.height} points, no downsampling"]
     if duplicates:
-        notes.append(f"{duplicates} points repeat a (tag, step) pair; the last one was kept")
+        names = ", ".join(sorted(set(repeated.get_column("tag"))))
+        notes.append(f"{duplicates} points repeat a (tag, step) pair ({names}); the last one "
+                     "was kept")
     meta, meta_notes, hints = _text_metadata(accumulator, tags.get("tensors", []))
     return RawLog(records=[], frame=frame, format="tensorboard", notes=notes + meta_notes,
                   meta=meta, hints=hints)
