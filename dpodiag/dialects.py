@@ -1,7 +1,7 @@
 """Framework and version dialects of step logs: metric names, split prefixes, scaling, reductions.
 
-A dialect says how one trainer family writes its aggregate metrics, so that readers can map the
-logged keys onto the canonical step-table columns and checks can tell what the numbers mean
+A dialect describes how one trainer family writes its aggregate metrics. Readers use it to map
+the logged keys onto the canonical step-table columns, and checks use it to interpret the values
 (beta-scaled or not, summed or per-token log-probs, window mean or single micro-batch).
 The facts come from each framework's trainer source as of the versions named in `versions`.
 
@@ -19,7 +19,7 @@ from typing import Any
 from dpodiag.errors import UsageError
 from dpodiag.schema import STEP_METRICS
 
-# Canonical names for metrics outside schema.STEP_METRICS, with what each one holds.
+# Canonical names for metrics outside schema.STEP_METRICS, with the meaning of each.
 EXTRA_METRICS: dict[str, str] = {
     "sft_loss": "SFT (NLL) term on the chosen response (LLaMA-Factory, NeMo)",
     "odds_ratio_loss": "LLaMA-Factory ORPO odds-ratio term",
@@ -85,7 +85,7 @@ _NEMO = {"loss": "loss", "sft_loss": "sft_loss", "preference_loss": "preference_
 
 @dataclass(frozen=True, eq=False)
 class Dialect:
-    """How one framework (and version range) names, scales and reduces its logged metrics."""
+    """Naming, scaling and reduction rules of one framework (and version range) for its metrics."""
 
     name: str
     framework: str | None
@@ -103,7 +103,7 @@ class Dialect:
     loss_decimals: int | None = None
     """Decimals the logged loss is rounded to, where the trainer rounds it."""
     step_unit: str = "optimizer-step"
-    """What the step key counts: optimizer-step, iteration or examples."""
+    """Unit of the step key: optimizer-step, iteration or examples."""
     preference: bool = True
     """False for logs that are not preference optimisation (GRPO)."""
     paired: bool = True
@@ -163,8 +163,8 @@ def _dialects() -> dict[str, Dialect]:
                  "accuracy": "rewards_accuracies", "lr": "learning_rate"},
                 per_token_losses=frozenset({"ipo", "orpo", "simpo"}),
                 loss_type_markers={"odds_ratio_loss": "orpo"}, description=(
-                    "LLaMA-Factory: TRL keys in trainer_state; trainer_log.jsonl has accuracy only"),
-                **hf),
+                    "LLaMA-Factory: TRL keys in trainer_state.json; its trainer_log.jsonl "
+                    "has accuracy only"), **hf),
         Dialect("openrlhf", "openrlhf", "OpenRLHF train_dpo",
                 {"loss": "loss", "acc": "rewards_accuracies", "chosen_reward": "rewards_chosen",
                  "reject_reward": "rewards_rejected", "lr": "learning_rate",
@@ -193,7 +193,8 @@ def _dialects() -> dict[str, Dialect]:
                  "rewards/margin": "rewards_margins", "rewards/average": "rewards_average"},
                 per_token_losses=frozenset({"dpo_norm", "simpo"}), description=(
                     "open-instruct: singular accuracy/margin keys; dpo_norm is the default")),
-        Dialect("eric-mitchell-dpo", "eric-mitchell-dpo", "eric-mitchell/direct-preference-optimization",
+        Dialect("eric-mitchell-dpo", "eric-mitchell-dpo",
+                "eric-mitchell/direct-preference-optimization",
                 {**_TRL, "counters/examples": "examples_seen",
                  "logps_eval_prob/chosen": "logps_chosen",
                  "logps_eval_prob/rejected": "logps_rejected"},
@@ -219,12 +220,13 @@ def get_dialect(name: str) -> Dialect:
 
 
 def split_key(key: str) -> tuple[str | None, str]:
-    """Split a logged key into (split, base key): "eval_rewards/chosen" -> ("eval", "rewards/chosen").
+    """Split a logged key into (split, base key).
 
-    The split is None for keys without a split marker; an unprefixed metric is a train metric in
-    every trainer read here. Markers: prefixes eval_, eval/, val_, validation-NAME/, train/,
-    train_ (stripped twice for OpenRLHF's eval/eval_loss), infixes such as rewards_train/chosen
-    and suffixes such as loss/train (eric-mitchell DPO repo).
+    "eval_rewards/chosen" -> ("eval", "rewards/chosen"). The split is None for keys without a
+    split marker; the step-table builder gives those the split of the record they sit in.
+    Markers: prefixes eval_, eval/, val_, validation-NAME/, train/ and train_ (stripped twice
+    for OpenRLHF's eval/eval_loss), infixes such as rewards_train/chosen and suffixes such as
+    loss/train (both used by the eric-mitchell DPO repo).
     """
     for pattern, split in ((_EVAL_PREFIX, "eval"), (_TRAIN_PREFIX, "train")):
         match = pattern.match(key)
@@ -245,7 +247,11 @@ def guess_canonical(base: str) -> str | None:
     words = set(re.split(r"[^a-z0-9]+", base.lower())) - {""}
     logp = bool(words & {"logp", "logps", "logprob", "logprobs", "log_probs"}
                 or {"log", "probs"} <= words or {"log", "prob"} <= words)
-    side = "chosen" if "chosen" in words else "rejected" if words & {"rejected", "reject"} else None
+    side = None
+    if "chosen" in words:
+        side = "chosen"
+    elif words & {"rejected", "reject"}:
+        side = "rejected"
     reward = bool(words & {"reward", "rewards"})
     if words <= {"loss", "losses"} and words:
         return "loss"

@@ -10,6 +10,7 @@ from dpodiag import __version__
 from dpodiag.checks import Finding, RunData, run_checks
 from dpodiag.compute.aggregate import step_aggregates
 from dpodiag.compute.device import resolve_device
+from dpodiag.compute.infer import infer_pair_meta, infer_step_meta
 from dpodiag.compute.recompute import recompute
 from dpodiag.errors import UsageError
 from dpodiag.io import load_runs
@@ -64,7 +65,9 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
 def analyse(run: Run, device: str = "auto") -> RunData:
     """Recompute a pair log and aggregate it per step; a step log passes through unchanged."""
     if run.level == "steps":
+        infer_step_meta(run)
         return RunData(run=run, steps=run.table)
+    infer_pair_meta(run)
     pairs = recompute(run, resolve_device(device))
     return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs)
 

@@ -100,11 +100,13 @@ class RunMeta:
     f_divergence_type, sync_ref_model, ...), as the trainer's own files state them."""
     sources: dict[str, str] = field(default_factory=dict)
     """Field name -> one of META_SOURCES."""
+    inference: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Field name -> the evidence for a value whose source is "inferred" or "default"."""
 
     def update(self, values: dict[str, Any], source: str) -> None:
         """Set each known, non-null field of `values`, recording `source` for it."""
         for key, value in values.items():
-            if key in self.__dataclass_fields__ and key not in ("sources", "trainer_config") \
+            if key in self.__dataclass_fields__ and key not in ("sources", "trainer_config", "inference") \
                     and value is not None:
                 setattr(self, key, value)
                 self.sources[key] = source

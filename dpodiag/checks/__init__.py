@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpodiag.checks import data, dynamics, objective, reference  # noqa: F401  (registration)
+from dpodiag.checks import data, dynamics, inference, objective, reference  # noqa: F401  (registration)
 from dpodiag.checks.base import REGISTRY, SEVERITIES, CheckSpec, Finding, RunData, Skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from dpodiag.compute.identify import EvalIdentityFit, fit_eval_identity
 from dpodiag.checks.base import (Finding, RunData, Skip, check, require_pairs, require_reference_loss,
                                  require_steps)
 
@@ -245,42 +246,45 @@ def _ratios_vanish(pairs: pl.DataFrame) -> bool:
     return float(zero.mean()) >= 0.99
 
 
+def eval_identity(data: RunData) -> EvalIdentityFit:
+    """The fit of eval rewards against eval log-probs (cached); skips where it cannot hold."""
+    if "eval_identity" not in data.cache:
+        dialect = data.dialect
+        if dialect is not None and not dialect.rewards_beta_scaled:
+            raise Skip("rewards are not beta-scaled in this dialect")
+        if dialect is not None and dialect.reference_free:
+            raise Skip("rewards are beta * policy log-probs: there is no reference to drift")
+        rows = require_steps(data, "eval", ["rewards_chosen", "logps_chosen", "rewards_rejected",
+                                            "logps_rejected"], 3)
+        data.cache["eval_identity"] = fit_eval_identity(
+            *(rows.get_column(c).to_numpy() for c in ("logps_chosen", "rewards_chosen",
+                                                      "logps_rejected", "rewards_rejected")))
+        data.cache["eval_identity_rows"] = rows.height
+    if data.cache["eval_identity"] is None:
+        raise Skip("eval rewards do not grow with eval log-probs, so beta cannot be fitted")
+    return data.cache["eval_identity"]
+
+
+def eval_identity_holds(fit: EvalIdentityFit) -> bool:
+    """True when the implied reference stays within numerics (1% of its size, at least 1e-3)."""
+    return fit.drift <= max(1e-3, FROZEN_RELATIVE_TOLERANCE * fit.scale)
+
+
 def _eval_identity_drift(data: RunData) -> list[Finding]:
     """Step logs: on a fixed eval set, logps - rewards/beta is the mean reference log-prob.
 
-    Fitting rewards = beta * (logps - reference) over the evaluations gives beta as the slope;
-    a frozen reference leaves no residual beyond the logged rounding.
+    The best beta for all evaluations leaves no drift beyond numerics when the reference is
+    frozen; a wrong recorded beta alone is beta-mismatch, not a moving reference.
     """
-    dialect = data.dialect
-    if dialect is not None and not dialect.rewards_beta_scaled:
-        raise Skip("rewards are not beta-scaled in this dialect")
-    rows = require_steps(data, "eval", ["rewards_chosen", "logps_chosen", "rewards_rejected",
-                                        "logps_rejected"], 3)
-    implied, residuals = {}, {}
-    beta = data.run.meta.beta
-    for side in ("chosen", "rejected"):
-        logps = rows.get_column(f"logps_{side}").to_numpy()
-        rewards = rows.get_column(f"rewards_{side}").to_numpy()
-        if beta is not None:
-            reference = logps - rewards / beta
-        else:
-            slope, intercept = np.polyfit(logps, rewards, 1)
-            if slope <= 0:
-                raise Skip("eval rewards do not grow with eval log-probs, so beta cannot be fitted")
-            reference = logps - rewards / slope
-        implied[side] = reference
-        residuals[side] = float(reference.max() - reference.min())
-    scale = float(np.mean(np.abs(np.concatenate(list(implied.values())))))
-    tolerance = max(1e-3, FROZEN_RELATIVE_TOLERANCE * scale)
-    if max(residuals.values()) <= tolerance:
+    fit = eval_identity(data)
+    if eval_identity_holds(fit):
         return []
-    beta_text = f"beta {beta:g}" if beta is not None else "the beta fitted to the evaluations"
+    rows = data.cache["eval_identity_rows"]
     return [data.finding(
         "reference-not-frozen", "The implied eval reference log-prob drifts",
-        f"On the eval set, logps - rewards/beta (with {beta_text}) is the mean reference log-prob "
-        f"and must stay constant; it moves by {residuals['chosen']:.3g} (chosen) and "
-        f"{residuals['rejected']:.3g} (rejected) nats across {rows.height} evaluations. The "
-        "reference moves, the recorded beta is wrong, or the eval set changes between evaluations.",
-        split="eval", evidence={"drift_chosen": residuals["chosen"], "drift_rejected": residuals["rejected"],
-                                "tolerance": tolerance, "evaluations": rows.height,
-                                "beta": beta})]
+        f"On the eval set, logps - rewards/beta is the mean reference log-prob and must stay "
+        f"constant. With the best-fitting beta ({fit.beta:.4g}) it still moves by {fit.drift:.3g} "
+        f"nats across {rows} evaluations (mean size {fit.scale:.3g}). The reference moves, or the "
+        "eval set changes between evaluations.",
+        split="eval", evidence={"drift": fit.drift, "fitted_beta": fit.beta, "scale": fit.scale,
+                                "evaluations": rows})]

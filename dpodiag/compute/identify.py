@@ -150,3 +150,40 @@ def identify(pairs: pl.DataFrame, loss_type: str | None, beta: float | None,
             if candidate.needs_reference or predictor.batch.policy_chosen_logps is not None:
                 result.variants[candidate.name] = _fit_beta(predictor, candidate)
     return result
+
+
+@dataclass
+class EvalIdentityFit:
+    """Least-squares fit of rewards = beta * (logps - reference) over evaluations of a fixed set."""
+
+    beta: float
+    reference_chosen: float
+    reference_rejected: float
+    drift: float
+    """Largest deviation of the implied reference log-prob, logps - rewards/beta, from its fit (nats)."""
+    scale: float
+    """Mean |reference log-prob|, the size against which the drift is judged."""
+
+
+def fit_eval_identity(logps_chosen: np.ndarray, rewards_chosen: np.ndarray,
+                      logps_rejected: np.ndarray, rewards_rejected: np.ndarray) -> EvalIdentityFit | None:
+    r"""Fit :math:`\bar r_s = \beta \bar c_s - \beta \bar c_{0,s}` jointly for s in {chosen, rejected}.
+
+    On a fixed eval set the mean reference log-prob :math:`\bar c_0` is constant, so the mean
+    rewards are linear in the mean log-probs with slope beta. Returns None when the slope is not
+    positive (the log-probs do not move, or the rewards are not beta * log-ratio).
+    """
+    n = len(logps_chosen)
+    design = np.zeros((2 * n, 3))
+    design[:n, 0], design[n:, 0] = logps_chosen, logps_rejected
+    design[:n, 1], design[n:, 2] = 1.0, 1.0
+    target = np.concatenate([rewards_chosen, rewards_rejected])
+    (beta, offset_chosen, offset_rejected), *_ = np.linalg.lstsq(design, target, rcond=None)
+    if not beta > 0:
+        return None
+    implied_chosen = logps_chosen - rewards_chosen / beta
+    implied_rejected = logps_rejected - rewards_rejected / beta
+    drift = float(max(np.ptp(implied_chosen), np.ptp(implied_rejected)))
+    scale = float(np.mean(np.abs(np.concatenate([implied_chosen, implied_rejected]))))
+    return EvalIdentityFit(float(beta), float(-offset_chosen / beta), float(-offset_rejected / beta),
+                           drift, scale)

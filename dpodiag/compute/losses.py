@@ -153,6 +153,8 @@ class LossSpec:
     needs_reference: bool = True
     convex_in_margin: bool = True
     """True when the loss is g(beta*h) for a convex g, so mean loss >= g(mean margin)."""
+    per_token_margin: bool = False
+    """True when the loss's reward margin is beta times per-token averages (SimPO)."""
 
 
 def _exo_zero_margin(beta: float, eps: float) -> float:
@@ -174,7 +176,8 @@ LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in [
     LossSpec("apo_zero", apo_zero_loss, lambda beta, eps: 1.0, convex_in_margin=False),
     LossSpec("apo_down", apo_down_loss, lambda beta, eps: 1.0, convex_in_margin=False),
     LossSpec("discopop", discopop_loss, lambda beta, eps: 0.5 * LN2 + 0.5, convex_in_margin=False),
-    LossSpec("simpo", simpo_loss, None, needs_reference=False, convex_in_margin=False),
+    LossSpec("simpo", simpo_loss, None, needs_reference=False, convex_in_margin=False,
+             per_token_margin=True),
     LossSpec("cpo", cpo_loss, None, needs_reference=False, convex_in_margin=False),
 ]}
 

@@ -63,7 +63,12 @@ def recompute_chunk(run: Run, frame: pl.DataFrame, device: torch.device) -> dict
     beta = torch.from_numpy(beta_np).to(device)
 
     # Rewards, probabilities and weights follow the sigmoid (Bradley–Terry) reading of the margin.
-    margin = reward_margin(batch.chosen_logratio, batch.rejected_logratio, beta)
+    spec = LOSSES.get(run.meta.loss_type or "")
+    if spec is not None and spec.per_token_margin:
+        margin = reward_margin(batch.average(batch.chosen_logratio, batch.chosen_length),
+                               batch.average(batch.rejected_logratio, batch.rejected_length), beta)
+    else:
+        margin = reward_margin(batch.chosen_logratio, batch.rejected_logratio, beta)
     result = {
         "chosen_logratio": batch.chosen_logratio,
         "rejected_logratio": batch.rejected_logratio,
@@ -73,7 +78,6 @@ def recompute_chunk(run: Run, frame: pl.DataFrame, device: torch.device) -> dict
     }
 
     # The declared loss, when both loss type and beta are known.
-    spec = LOSSES.get(run.meta.loss_type or "")
     if spec is not None:
         result["loss_recomputed"] = spec.fn(batch, beta, label_smoothing=run.meta.label_smoothing,
                                             simpo_gamma=run.meta.simpo_gamma)

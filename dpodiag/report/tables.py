@@ -150,7 +150,7 @@ def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[s
     train_steps = [d.steps.filter(pl.col("split") == "train").height if "split" in d.steps.columns
                    else d.steps.height for d in runs]
     figures.append(("logged train steps", train_steps))
-    figures.append(("pairs", [d.pairs.height if d.pairs is not None else None for d in runs]))
+    figures.append(("pair rows", [d.pairs.height if d.pairs is not None else None for d in runs]))
     for column, label in END_OF_TRAINING:
         figures.append((label, [end_of_training(d.steps, column) for d in runs]))
     for column, label in LAST_EVAL:
@@ -195,7 +195,10 @@ def appendix_rows(data: RunData, findings: list[Finding]) -> dict[str, Any]:
     for finding in findings:
         if finding.run == run.name and finding.code == "checks-skipped":
             skipped.update(finding.evidence.get("skipped", {}))
+    mapping = sorted(run.column_mapping.items())
     return {"name": run.name, "source": run.source, "format": run.format, "dialect": run.dialect or "—",
-            "level": run.level, "mapping": sorted(run.column_mapping.items()), "metadata": metadata,
+            "level": run.level, "same_name": [canonical for canonical, theirs in mapping if canonical == theirs],
+            "renamed": [(canonical, theirs) for canonical, theirs in mapping if canonical != theirs],
+            "metadata": metadata,
             "notes": list(run.notes), "skipped": sorted(skipped.items()),
             "step_columns": sorted(data.steps.columns)}

@@ -131,6 +131,8 @@ def style_entries(splits: set[str], measured: str = "", expected: str = "") -> l
         entries.append(legend_entry(f"train{suffix}", group="style-train", width=2))
     if "eval" in splits:
         entries.append(legend_entry(f"eval{suffix}", group="style-eval", width=2, dash="dash", markers=True))
+    if splits - {"train", "eval"}:
+        entries.append(legend_entry(f"other splits{suffix}", group="style-other", width=2, dash="dot"))
     if expected:
         entries.append(legend_entry(expected, group="style-expected", width=7, opacity=0.3))
     return entries

@@ -98,8 +98,8 @@ def test_qwen05b_bare_log_history():
 def test_qwen05b_summary_json_is_rejected():
     path = FIXTURES / "trl-dpo-qwen05b-lowvram-noisy.dpo_metrics.json"
     assert sniff_step_log(path) == "json-summary"
-    with pytest.raises(NoDataError, match=r"dpo_metrics\.json: holds run-level values with no "
-                                          r"per-step records .*; pass the trainer's log"):
+    with pytest.raises(NoDataError, match=r"dpo_metrics\.json: contains run-level values and "
+                                          r"no per-step records .*; pass the trainer's log"):
         read_step_log(path)
 
 

@@ -3,7 +3,8 @@
 `sniff_step_log` names the format of a file (or of the best log in a folder) from at most its
 first megabyte. `read_step_log` reads it into a `Run` whose table is the canonical step table
 (see `table.build_run`). Besides log formats, sniffing recognises files that sit beside logs but
-are not logs (`rejected.FORMATS`); reading one raises an InputError that says what to pass.
+are not logs (`rejected.FORMATS`); reading one raises an InputError that names the file to
+pass instead.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ MAX_DICT_CHARS = 100_000
 
 
 def sniff(path: Path, head: bytes) -> str | None:
-    """Return "console" when the text holds a printed metrics dict."""
+    """Return "console" when the text contains a printed metrics dict."""
     text = head.decode("utf-8", errors="replace")
     if not _ANY_DICT.search(text):
         return None

@@ -1,9 +1,9 @@
 """CSV step logs: W&B history exports and per-evaluation CSVs from hand-written trainers.
 
 W&B writes two kinds of CSV. A panel export has a `Step` column and `<run> - <key>` columns,
-with `__MIN` and `__MAX` companions for smoothed panels; a full history export
-(`run.history()` saved with pandas) has `_step`, `_runtime`, `_timestamp` and one column per
-logged key such as `train/loss`. A hand-written trainer's CSV has any column names
+with `__MIN` and `__MAX` companions for smoothed panels. A full history export (`run.history()`
+saved with pandas) has `_step`, `_runtime`, `_timestamp` and one column per logged key such as
+`train/loss`. A hand-written trainer's CSV has any column names
 (`train_loss`, `val_reward_margin`, `policy_chosen_logprobs`); the generic dialect maps them by
 name, and a `column_map` given to the reader overrides the mapping.
 """
@@ -100,7 +100,7 @@ def _select_panel_run(frame: pl.DataFrame, path: Path, run_name: str | None,
         notes.append(f"{len(bounds)} __MIN/__MAX smoothing columns not read")
     runs = list(dict.fromkeys(c.split(" - ", 1)[0] for c in panel))
     if len(runs) > 1 and run_name not in runs:
-        raise InputError(path, f"holds {len(runs)} W&B runs ({', '.join(runs[:6])})",
+        raise InputError(path, f"contains {len(runs)} W&B runs ({', '.join(runs[:6])})",
                          "pass run_name= one of them, or export one run per file")
     run = run_name if len(runs) > 1 else runs[0]
     keep = [c for c in frame.columns if " - " not in c]

@@ -49,7 +49,7 @@ def sniff(path: Path, head: bytes) -> str | None:
 
 
 def classify(data: Any) -> str | None:
-    """Name the JSON layout of parsed data, or None when it holds no step records."""
+    """Name the JSON layout of parsed data, or None when it contains no step records."""
     if isinstance(data, list):
         return "log-history-array" if data and all(isinstance(d, Mapping) for d in data) else None
     if not isinstance(data, Mapping):
@@ -75,7 +75,7 @@ def _is_hf_result_key(key: str) -> bool:
 
 
 def _history_key(data: Mapping[str, Any]) -> str | None:
-    # A wrapper's copy of log_history: a key ending in log_history that holds a list of dicts.
+    # A wrapper's copy of log_history: a key ending in log_history whose value is a list of dicts.
     for key, value in data.items():
         if key.endswith("log_history") and isinstance(value, list) and value and all(
                 isinstance(item, Mapping) for item in value):
@@ -88,7 +88,7 @@ def read(path: Path, fmt: str) -> RawLog:
     data = load_json(path)
     if fmt == "json-summary" or classify(data) == "json-summary":
         keys = ", ".join(list(data)[:8]) if isinstance(data, Mapping) else ""
-        raise NoDataError(path, f"holds run-level values with no per-step records (keys: {keys})",
+        raise NoDataError(path, f"contains run-level values and no per-step records (keys: {keys})",
                           "pass the trainer's log: trainer_state.json, a log_history JSON or "
                           "the console output")
     fmt = classify(data) or fmt
@@ -104,7 +104,7 @@ def read(path: Path, fmt: str) -> RawLog:
     if fmt in ("wandb-summary", "hf-results"):
         notes = ["final values only: one record per split, no history"]
         return _from_dicts(path, [data], fmt, notes)
-    raise InputError(path, "is JSON but holds no training-log records",
+    raise InputError(path, "is JSON but contains no training-log records",
                      "pass trainer_state.json, a log_history JSON or the console output")
 
 
@@ -126,7 +126,7 @@ def _from_dicts(path: Path, items: list[Any], fmt: str, notes: list[str]) -> Raw
 
 
 def _state_notes(state: Mapping[str, Any]) -> list[str]:
-    # trainer_state.json's own bookkeeping tells how often the trainer logged.
+    # trainer_state.json records how often the trainer logged and evaluated.
     facts = {key: state[key] for key in ("global_step", "max_steps", "logging_steps", "eval_steps")
              if isinstance(state.get(key), (int, float))}
     return [f"trainer_state: {', '.join(f'{k}={v}' for k, v in facts.items())}"] if facts else []

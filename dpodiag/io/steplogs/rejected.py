@@ -2,8 +2,8 @@
 message that names what they are and what to pass instead.
 
 - a W&B binary run file (`run-<id>.wandb`, starting with the `:W&B` magic). wandb 0.31 ships no
-  offline Python reader for it (reading is done by its Go service during `wandb sync`), so it
-  is not decoded; `files/output.log` and a history CSV export hold the same history.
+  offline Python reader for it, because its Go service decodes it during `wandb sync`. So it is
+  not decoded here. `files/output.log` and a history CSV export contain the same history.
 - a W&B `config.yaml` (run settings in wandb's `key: {value: ...}` layout) and a trainer's
   `training_args.yaml`: run metadata, read automatically when the log beside them is read.
 - `training_args.bin`: a pickle, which dpodiag never loads.
@@ -40,7 +40,7 @@ def sniff(path: Path, head: bytes) -> str | None:
 
 
 def read(path: Path, fmt: str) -> None:
-    """Raise the InputError that says what the file is and which file to pass instead."""
+    """Raise an InputError that names what the file is and which file to pass instead."""
     log = _log_beside(path)
     if fmt == "wandb-binary":
         raise InputError(path, "is a W&B binary run file (.wandb), which dpodiag does not decode",

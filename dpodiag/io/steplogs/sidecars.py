@@ -145,7 +145,11 @@ def _trl_values(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], d
 def _openrlhf_values(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], dict]:
     # OpenRLHF train_dpo: --ipo switches to IPO on summed log-ratios; label smoothing gives cDPO.
     smoothing = _number(config.get("label_smoothing")) or 0.0
-    loss_type = "ipo" if config.get("ipo") else "cdpo" if smoothing > 0 else "sigmoid"
+    loss_type = "sigmoid"
+    if config.get("ipo"):
+        loss_type = "ipo"
+    elif smoothing > 0:
+        loss_type = "cdpo"
     values = {
         "framework": "openrlhf", "beta": _number(config.get("beta")), "loss_type": loss_type,
         "label_smoothing": smoothing, "logps_normalisation": "sum",

@@ -7,7 +7,6 @@ end-of-training summary, assigns steps and collects run metadata.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,17 @@ from typing import Any
 import polars as pl
 
 from dpodiag.dialects import (
-    EXTRA_METRICS, HF_SUMMARY_KEYS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, get_dialect,
+    EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, get_dialect,
     split_key,
 )
 from dpodiag.errors import NoDataError, UsageError
+from dpodiag.io.steplogs.runmeta import run_meta
 from dpodiag.io.steplogs.sidecars import run_prefix
-from dpodiag.schema import STEP_METRICS, Run, RunMeta
+from dpodiag.io.steplogs.summaries import pop_summaries, pop_summary_columns
+from dpodiag.schema import STEP_METRICS, Run
 
 SPLIT_ORDER = {"train": 0, "eval": 1}
-# File names that say nothing about the run; the folder name names the run instead.
+# File names that do not identify a run; the folder name is used instead.
 GENERIC_STEMS = {"trainer_state", "trainer_log", "log_history", "output", "all_results",
                  "eval_results", "train_results", "wandb-summary", "config", "events", "metrics",
                  "history", "log", "logs", "stdout", "train", "summary"}
@@ -73,10 +74,10 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     """Build the canonical step-level `Run` from a reader's `RawLog`."""
     notes = list(raw.notes)
     if raw.frame is not None:
-        source, summary_only = _pop_summary_columns(raw.frame, notes)
+        source, summary_only = pop_summary_columns(raw.frame, notes)
         keys = source.columns
     else:
-        records, summary_only = _pop_summaries(raw.records, notes)
+        records, summary_only = pop_summaries(raw.records, notes)
         keys = list(dict.fromkeys(key for record in records for key in record))
         source = pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
     chosen = get_dialect(dialect) if dialect else detect_dialect(
@@ -97,7 +98,7 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
 
     name = run_name or default_run_name(path)
     table = _finish(table, name)
-    meta = _run_meta(raw.meta, chosen, table, notes)
+    meta = run_meta(raw.meta, chosen, table, notes)
     return Run(name=name, source=str(path), level="steps", table=table, meta=meta,
                format=raw.format, dialect=chosen.name, column_mapping=plan.mapping, notes=notes)
 
@@ -173,11 +174,15 @@ def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
     if "epoch" in plan.shared:
         common.append(pl.coalesce(plan.shared["epoch"]).alias("epoch"))
 
-    # Keys without a split marker belong to eval in a record that holds eval keys and no
-    # train-prefixed keys (an HF eval dict with perf/* extras), and to train otherwise.
+    # A key without a split marker is an eval value in a record with eval keys, no
+    # train-prefixed keys and no unmarked twin of an eval key (an HF eval dict with perf/*
+    # extras). Otherwise it is a train value (a CSV row with loss and val_loss side by side).
     keys_of = {split: [k for keys in plan.metrics[split].values() for k in keys]
                for split in plan.metrics}
-    eval_only = _any_present(keys_of["eval"]) & ~_any_present(keys_of["train"])
+    twins = [k for name, keys in plan.metrics[None].items() if name in plan.metrics["eval"]
+             for k in keys]
+    eval_only = (_any_present(keys_of["eval"]) & ~_any_present(keys_of["train"])
+                 & ~_any_present(twins))
     owner = {"train": ~eval_only, "eval": eval_only}
     frames = []
     for split in ("train", "eval"):
@@ -185,7 +190,8 @@ def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
         values = []
         for name in names:
             sources = [pl.col(k) for k in plan.metrics[split].get(name, [])]
-            sources += [pl.when(owner[split]).then(pl.col(k)) for k in plan.metrics[None].get(name, [])]
+            bare = plan.metrics[None].get(name, [])
+            sources += [pl.when(owner[split]).then(pl.col(k)) for k in bare]
             values.append(pl.coalesce(sources).alias(name))
         present = _any_present(keys_of[split]) | (_any_present(keys_of[None]) & owner[split])
         frames.append(raw.filter(present).select(*common, *values, pl.lit(split).alias("split")))
@@ -242,99 +248,6 @@ def _finish(table: pl.DataFrame, name: str) -> pl.DataFrame:
     return table.select("run", "split", "step", "record", *floats)
 
 
-def _pop_summaries(records: list[dict[str, float]],
-                   notes: list[str]) -> tuple[list[dict[str, float]], int]:
-    # The HF Trainer's final record (train_runtime, train_loss, ...) is a summary, not a step.
-    # Emptied records stay in the list, so that record numbers keep their file order.
-    kept: list[dict[str, float]] = []
-    summary: dict[str, float] = {}
-    summary_only = 0
-    for record in records:
-        once = {key: _strip_train(key) for key in record}
-        if "train_runtime" not in once.values():
-            kept.append(record)
-            continue
-        # W&B, TensorBoard and HF's all_results.json merge the summary keys with split-marked
-        # metrics; an HF log dict holding train_runtime and no such metric is all summary.
-        merged = any(split_key(key)[0] for key in record if once[key] not in HF_SUMMARY_KEYS)
-        in_summary = [k for k in record if once[k] in HF_SUMMARY_KEYS or not merged]
-        bookkeeping = set(STEP_KEYS) | IGNORED_KEYS | {"epoch"}
-        summary.update({once[k]: record[k] for k in in_summary if once[k] not in bookkeeping})
-        rest = {k: v for k, v in record.items() if k not in in_summary}
-        kept.append(rest)
-        summary_only += all(split_key(key)[1] in bookkeeping for key in rest)
-    if summary:
-        values = ", ".join(f"{key}={_format(value)}" for key, value in summary.items())
-        notes.append(f"end-of-training summary (not a step): {values}")
-    return kept, summary_only
-
-
-def _pop_summary_columns(frame: pl.DataFrame, notes: list[str]) -> tuple[pl.DataFrame, int]:
-    # The table form of _pop_summaries: drop summary columns, count rows that held nothing else.
-    once = {column: _strip_train(column) for column in frame.columns}
-    if "train_runtime" not in once.values():
-        return frame, 0
-    summary = [c for c in frame.columns if once[c] in HF_SUMMARY_KEYS]
-    values = {once[c]: frame.get_column(c).drop_nulls() for c in summary}
-    shown = ", ".join(f"{k}={_format(v[-1])}" for k, v in values.items() if v.len())
-    notes.append(f"end-of-training summary (not a step): {shown}")
-    bookkeeping = set(STEP_KEYS) | IGNORED_KEYS | {"epoch"}
-    rest = [c for c in frame.columns if c not in summary and split_key(c)[1] not in bookkeeping]
-    only = pl.any_horizontal([pl.col(c).is_not_null() for c in summary])
-    if rest:
-        only = only & ~pl.any_horizontal([pl.col(c).is_not_null() for c in rest])
-    return frame.drop(summary), frame.filter(only).height
-
-
-def _strip_train(key: str) -> str:
-    return key[len("train/"):] if key.startswith("train/") else key
-
-
-def _format(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.6g}"
-
-
 def _preview(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") or "none"
-
-
-def _run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
-              notes: list[str]) -> RunMeta:
-    # Trainer files first; then what the dialect implies, where nothing was declared.
-    meta = RunMeta()
-    meta.update(values, "trainer-config")
-    inferred: dict[str, Any] = {}
-    if dialect.framework and meta.framework is None:
-        inferred["framework"] = dialect.framework
-    implied = dialect.implied_loss_type or next(
-        (loss for column, loss in dialect.loss_type_markers.items() if column in table.columns),
-        None)
-    if meta.loss_type is None and implied:
-        inferred["loss_type"] = implied
-    elif implied and meta.loss_type != implied:
-        notes.append(f"the trainer config declares loss_type {meta.loss_type}, but the logged "
-                     f"keys are those of {implied} ({dialect.name}: {dialect.description})")
-    meta.update(inferred, "inferred")
-    _apply_label_smoothing(meta, dialect, notes)
-    if meta.logps_normalisation is None:
-        summed = "avg_logps_chosen" in table.columns
-        normalisation = "sum" if summed else dialect.logps_normalisation(meta.loss_type)
-        meta.update({"logps_normalisation": normalisation}, "inferred")
-    if not dialect.preference:
-        meta.loss_type = None
-        meta.sources.pop("loss_type", None)
-        notes.append(f"not a DPO-family log ({dialect.description}); preference checks do "
-                     "not apply")
-    return meta
-
-
-def _apply_label_smoothing(meta: RunMeta, dialect: Dialect, notes: list[str]) -> None:
-    # Sigmoid with label smoothing is cDPO, except in TRL >= 0.29, whose sigmoid ignores it.
-    if meta.loss_type != "sigmoid" or not meta.label_smoothing:
-        return
-    if dialect.name == "trl-v1":
-        notes.append("label_smoothing is set, but TRL >= 0.29 ignores it for loss_type sigmoid")
-        return
-    meta.loss_type = "cdpo"
-    notes.append(f"loss_type sigmoid with label_smoothing {meta.label_smoothing:g} is cDPO")

@@ -1,0 +1,38 @@
+"""Info findings for metadata that was inferred or defaulted rather than declared."""
+
+from __future__ import annotations
+
+from dpodiag.checks.base import Finding, RunData, check
+
+
+def _inferred(data: RunData, field: str, code: str, label: str) -> list[Finding]:
+    source = data.run.meta.source_of(field)
+    if source not in ("inferred", "default"):
+        return []
+    value = getattr(data.run.meta, field)
+    value = round(value, 4) if isinstance(value, float) else value
+    evidence = {"value": value, "source": source, **data.run.meta.inference.get(field, {})}
+    how = evidence.get("method", "")
+    if source == "default":
+        message = (f"No source declares the {label}; dpodiag assumes {value} ({how}). Pass "
+                   f"--{field.replace('_', '-')} or write it into the log's metadata.")
+    else:
+        message = f"No source declares the {label}; the log identifies it as {value} ({how})."
+    return [data.finding(code, f"{label.capitalize()} {value} was {source == 'default' and 'assumed' or 'inferred'}",
+                         message, evidence=evidence)]
+
+
+@check("beta-inferred", "info", ("pairs", "steps"),
+       meaning="Beta was not declared; it was inferred from the log (or assumed).",
+       causes="No trainer config, metadata, sidecar or --beta flag gives beta.",
+       fix="Declare beta with --beta, a sidecar RUN.dpodiag.json or the parquet metadata.")
+def beta_inferred(data: RunData) -> list[Finding]:
+    return _inferred(data, "beta", "beta-inferred", "beta")
+
+
+@check("loss-type-inferred", "info", ("pairs", "steps"),
+       meaning="The loss type was not declared; it was inferred from the logged loss (or assumed).",
+       causes="No trainer config, metadata, sidecar or --loss-type flag gives the loss type.",
+       fix="Declare it with --loss-type, a sidecar RUN.dpodiag.json or the parquet metadata.")
+def loss_type_inferred(data: RunData) -> list[Finding]:
+    return _inferred(data, "loss_type", "loss-type-inferred", "loss type")

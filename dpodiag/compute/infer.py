@@ -1,0 +1,91 @@
+"""Inference of run metadata that no source declares: beta and the loss type.
+
+A pair log with a logged loss identifies both (see `identify`); a step log with eval rewards
+and eval log-probs identifies beta through the eval identity. What cannot be inferred falls back
+to TRL's defaults (sigmoid loss, beta 0.1), recorded with source "default".
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import torch
+
+from dpodiag.compute.identify import identify
+from dpodiag.compute.recompute import recompute
+from dpodiag.schema import Run
+
+DEFAULT_BETA = 0.1
+DEFAULT_LOSS_TYPE = "sigmoid"
+# A fit explains the logged loss when its RMSE is within 1% of the loss's RMS (or 1e-4).
+EXPLAINED_RELATIVE_RMSE = 0.01
+
+
+def _explained(rmse: float, logged_rms: float) -> bool:
+    return rmse <= max(EXPLAINED_RELATIVE_RMSE * logged_rms, 1e-4)
+
+
+def infer_pair_meta(run: Run) -> None:
+    """Fill beta and loss type of a pair log from its logged loss, else from defaults, in place."""
+    meta = run.meta
+    if meta.beta is not None and meta.loss_type is not None:
+        return
+    if "loss" in run.table.columns:
+        # Log-ratios do not depend on beta or the loss, so a provisional recompute gives them.
+        provisional = Run(run.name, run.source, run.level, run.table,
+                          type(meta)(beta=1.0, loss_type=None), run.format)
+        pairs = recompute(provisional, torch.device("cpu")).filter(pl.col("split") == run.splits[0])
+        fit = identify(pairs, None, None, meta.label_smoothing, meta.simpo_gamma,
+                       per_token=meta.logps_normalisation == "mean")
+        candidates = dict(fit.variants) if fit is not None else {}
+        if meta.loss_type is not None:
+            candidates = {k: v for k, v in candidates.items() if k == meta.loss_type}
+        best = min(candidates.values(), key=lambda f: f.rmse, default=None)
+        if best is not None and _explained(best.rmse, fit.logged_rms):
+            runner_up = min((f.rmse for f in candidates.values() if f.loss_type != best.loss_type),
+                            default=None)
+            evidence = {"rmse": best.rmse, "logged_rms": fit.logged_rms, "runner_up_rmse": runner_up,
+                        "split": run.splits[0]}
+            if meta.beta is None:
+                meta.update({"beta": best.beta}, "inferred")
+                meta.inference["beta"] = {**evidence, "method": f"fit of the logged loss as {best.loss_type}"}
+            if meta.loss_type is None:
+                meta.update({"loss_type": best.loss_type}, "inferred")
+                meta.inference["loss_type"] = {**evidence, "method": "best of every loss variant"}
+    apply_defaults(run)
+
+
+def apply_defaults(run: Run) -> None:
+    """Fall back to TRL's defaults for a reference-based pair log with no declared beta or loss."""
+    meta = run.meta
+    if meta.loss_type is None:
+        meta.update({"loss_type": DEFAULT_LOSS_TYPE}, "default")
+        meta.inference["loss_type"] = {"method": "not declared and not identifiable; TRL's default"}
+    if meta.beta is None:
+        meta.update({"beta": DEFAULT_BETA}, "default")
+        meta.inference["beta"] = {"method": "not declared and not identifiable; TRL's default"}
+
+
+def infer_step_meta(run: Run) -> None:
+    """Fill beta of a step log from the eval identity, in place, when no source declares it."""
+    from dpodiag.compute.identify import fit_eval_identity
+    from dpodiag.dialects import DIALECTS
+
+    dialect = DIALECTS.get(run.dialect or "")
+    if run.meta.beta is not None or dialect is None:
+        return
+    if not dialect.rewards_beta_scaled or dialect.reference_free or not dialect.preference:
+        return
+    columns = ["logps_chosen", "rewards_chosen", "logps_rejected", "rewards_rejected"]
+    if not set(columns) <= set(run.table.columns):
+        return
+    rows = run.table.filter(pl.col("split") == "eval").sort("step")
+    for column in columns:
+        rows = rows.filter(pl.col(column).is_finite())
+    if rows.height < 3:
+        return
+    fit = fit_eval_identity(*(rows.get_column(c).to_numpy() for c in columns))
+    if fit is None or fit.drift > max(1e-3, 0.01 * fit.scale):
+        return
+    run.meta.update({"beta": round(fit.beta, 6)}, "inferred")
+    run.meta.inference["beta"] = {"method": "slope of eval rewards against eval log-probs",
+                                  "evaluations": rows.height, "drift": fit.drift}
