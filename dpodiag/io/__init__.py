@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dpodiag.errors import InputError
-from dpodiag.io.pairs import pair_format, read_pair_log
+from dpodiag.io.pairs import looks_like_pair_log, pair_format, read_pair_log
 from dpodiag.schema import Run
 
 
@@ -22,9 +22,10 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
         raise InputError(path, "no such file or folder", "check the path")
     if path.is_dir():
         return _load_folder(path, column_map=column_map, flags=flags, dialect=dialect)
-    if pair_format(path):
-        return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name)
     step_reader = _step_reader()
+    if pair_format(path) and (looks_like_pair_log(path, column_map) or step_reader is None
+                              or not step_reader.sniff_step_log(path)):
+        return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name)
     if step_reader is not None and step_reader.sniff_step_log(path):
         run = step_reader.read_step_log(path, dialect=dialect, run_name=run_name)
         from dpodiag.io.metadata import apply_metadata

@@ -60,6 +60,16 @@ def map_columns(path: Path, names: list[str], overrides: dict[str, str] | None) 
     return mapping
 
 
+def looks_like_pair_log(path: Path, column_map: dict[str, str] | None = None) -> bool:
+    """True when a table's columns hold a step and per-pair log-probs or log-ratios."""
+    try:
+        names, _ = read_columns(path, pair_format(path) or "parquet")
+        check_required(path, map_columns(path, names, column_map))
+    except InputError:
+        return False
+    return True
+
+
 def check_required(path: Path, mapping: dict[str, str]) -> None:
     """Raise when neither the policy log-probs nor the log-ratios, or no step, are present."""
     if "step" not in mapping:

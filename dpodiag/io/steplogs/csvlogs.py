@@ -18,10 +18,8 @@ import polars as pl
 from dpodiag.dialects import STEP_KEYS, guess_canonical, split_key
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.steplogs.sidecars import glob_escape, run_prefix
-from dpodiag.io.steplogs.table import RawLog
+from dpodiag.io.steplogs.table import RawLog, is_pair_record
 
-# Columns that mark one row per preference pair, which makes a CSV a pair log, not a step log.
-PAIR_MARKERS = {"example_id", "pair_id", "prompt", "chosen", "rejected", "id", "sample_id"}
 SNIFF_ROWS = 200
 
 
@@ -34,7 +32,7 @@ def sniff(path: Path, head: bytes) -> str | None:
     except (pl.exceptions.PolarsError, InputError):
         return None
     columns = frame.columns
-    if PAIR_MARKERS & {c.lower() for c in columns}:
+    if is_pair_record(columns):
         return None
     if {"Step", "_step"} & set(columns) or any(" - " in c or "/" in c for c in columns):
         return "wandb-history-csv"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from dpodiag.errors import NoDataError
-from dpodiag.io.steplogs.table import RawLog, numeric_items
+from dpodiag.io.steplogs.table import RawLog, is_pair_record, numeric_items
 
 
 def sniff(path: Path, head: bytes) -> str | None:
@@ -25,7 +25,9 @@ def sniff(path: Path, head: bytes) -> str | None:
         first = json.loads(lines[0])
     except ValueError:
         return None
-    if not isinstance(first, dict) or (len(lines) == 1 and not path.suffix == ".jsonl"):
+    if not isinstance(first, dict) or is_pair_record(first):
+        return None
+    if len(lines) == 1 and path.suffix != ".jsonl":
         return None
     return "llamafactory-jsonl" if "current_steps" in first else "jsonl"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
 from dpodiag.errors import InputError, NoDataError
-from dpodiag.io.steplogs.table import RawLog, numeric_items
+from dpodiag.io.steplogs.table import RawLog, is_pair_record, numeric_items
 
 SNIFF_PARSE_LIMIT = 1_000_000
 _KNOWN = DIALECTS["generic"].aliases
@@ -51,7 +51,9 @@ def sniff(path: Path, head: bytes) -> str | None:
 def classify(data: Any) -> str | None:
     """Name the JSON layout of parsed data, or None when it contains no step records."""
     if isinstance(data, list):
-        return "log-history-array" if data and all(isinstance(d, Mapping) for d in data) else None
+        if not data or not all(isinstance(item, Mapping) for item in data):
+            return None
+        return None if is_pair_record(data[0]) else "log-history-array"
     if not isinstance(data, Mapping):
         return None
     if isinstance(data.get("log_history"), list):

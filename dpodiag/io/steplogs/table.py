@@ -8,6 +8,7 @@ end-of-training summary, assigns steps and collects run metadata.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,15 @@ from dpodiag.errors import NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
 from dpodiag.io.steplogs.sidecars import run_prefix
 from dpodiag.io.steplogs.summaries import pop_summaries, pop_summary_columns
-from dpodiag.schema import STEP_METRICS, Run
+from dpodiag.schema import PAIR_ALIASES, STEP_METRICS, Run
 
 SPLIT_ORDER = {"train": 0, "eval": 1}
+# Keys that only per-pair logs carry: a file with one of them is a pair log, not a step log.
+_PAIR_SPECIFIC = ("example_id", "policy_chosen_logps", "policy_rejected_logps",
+                  "reference_chosen_logps", "reference_rejected_logps", "chosen_logratio",
+                  "rejected_logratio", "chosen_length", "rejected_length", "preference_strength")
+PAIR_ONLY_KEYS = frozenset([*_PAIR_SPECIFIC, "prompt", "chosen", "rejected"]
+                           + [alias for name in _PAIR_SPECIFIC for alias in PAIR_ALIASES[name]])
 # File names that do not identify a run; the folder name is used instead.
 GENERIC_STEMS = {"trainer_state", "trainer_log", "log_history", "output", "all_results",
                  "eval_results", "train_results", "wandb-summary", "config", "events", "metrics",
@@ -56,6 +63,11 @@ def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
         elif value is not None:
             dropped.append(str(key))
     return kept, dropped
+
+
+def is_pair_record(keys: Iterable[str]) -> bool:
+    """Tell whether record keys (or CSV columns) belong to a per-pair log."""
+    return any(key.lower() in PAIR_ONLY_KEYS for key in keys)
 
 
 def default_run_name(path: Path) -> str:
