@@ -134,6 +134,8 @@ class Dialect:
 
 def _dialects() -> dict[str, Dialect]:
     # Build the registry; the union of every alias table serves the generic dialect.
+    # The HF Trainer logs the loss rounded to 4 decimals (transformers 4.x, and the TRL 1.x
+    # logs in the test fixtures are rounded too).
     hf = dict(loss_decimals=4)
     table = [
         Dialect("trl-legacy", "trl", "trl <= 0.13", _TRL, per_token_losses=frozenset({"ipo"}),
@@ -155,7 +157,8 @@ def _dialects() -> dict[str, Dialect]:
                     "ORPO: per-token mean log-probs, rewards are beta * policy log-probs"), **hf),
         Dialect("trl-kto", "trl", "trl KTOTrainer", {**_TRL_V1, "kl": "kl"}, paired=False,
                 implied_loss_type="kto", description=(
-                    "KTO: unpaired; no accuracies; per-side means can be NaN"), **hf),
+                    "KTO: unpaired, logs no accuracies, and a per-side mean is NaN when a "
+                    "batch has no example of that side"), **hf),
         Dialect("trl-grpo", "trl", "trl GRPOTrainer", {**_TRL_V1, "kl": "kl"}, preference=False,
                 description="GRPO (online RL): not a preference-optimisation log", **hf),
         Dialect("llamafactory", "llamafactory", "LLaMA-Factory (pins trl 0.18 - 0.24)",
@@ -244,8 +247,9 @@ def split_key(key: str) -> tuple[str | None, str]:
 
 def guess_canonical(base: str) -> str | None:
     """Map a hand-written trainer's metric name onto a canonical one by the words it contains."""
+    # The words of the name, and the facts they state: side, reward, log-prob.
     words = set(re.split(r"[^a-z0-9]+", base.lower())) - {""}
-    logp = bool(words & {"logp", "logps", "logprob", "logprobs", "log_probs"}
+    logp = bool(words & {"logp", "logps", "logprob", "logprobs"}
                 or {"log", "probs"} <= words or {"log", "prob"} <= words)
     side = None
     if "chosen" in words:
@@ -253,6 +257,8 @@ def guess_canonical(base: str) -> str | None:
     elif words & {"rejected", "reject"}:
         side = "rejected"
     reward = bool(words & {"reward", "rewards"})
+
+    # Rules from the most to the least specific name.
     if words <= {"loss", "losses"} and words:
         return "loss"
     if reward and words & {"margin", "margins", "diff", "gap"}:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from dpodiag import __version__
 from dpodiag.checks import Finding, RunData, run_checks
 from dpodiag.compute.aggregate import step_aggregates
@@ -62,11 +64,21 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
     return runs
 
 
+def derive_step_margins(run: Run):
+    """The step table, with rewards_margins = rewards_chosen - rewards_rejected where a trainer
+    logs the two rewards but not their margin (a mean of differences is the difference of means)."""
+    table = run.table
+    if "rewards_margins" in table.columns or not {"rewards_chosen", "rewards_rejected"} <= set(table.columns):
+        return table
+    run.notes.append("rewards_margins derived as rewards_chosen - rewards_rejected")
+    return table.with_columns((pl.col("rewards_chosen") - pl.col("rewards_rejected")).alias("rewards_margins"))
+
+
 def analyse(run: Run, device: str = "auto") -> RunData:
     """Recompute a pair log and aggregate it per step; a step log passes through unchanged."""
     if run.level == "steps":
         infer_step_meta(run)
-        return RunData(run=run, steps=run.table)
+        return RunData(run=run, steps=derive_step_margins(run))
     infer_pair_meta(run)
     pairs = recompute(run, resolve_device(device))
     return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpodiag.checks import data, dynamics, inference, objective, reference  # noqa: F401  (registration)
+from dpodiag.checks import data, dynamics, identities, inference, objective, reference  # noqa: F401,E501  (registration)
 from dpodiag.checks.base import REGISTRY, SEVERITIES, CheckSpec, Finding, RunData, Skip
 
 
@@ -13,7 +13,12 @@ def run_checks(data: RunData) -> list[Finding]:
     """
     findings: list[Finding] = []
     skipped: dict[str, str] = {}
+    dialect = data.dialect
+    not_preference = dialect is not None and not dialect.preference
     for spec in REGISTRY.values():
+        if not_preference:
+            skipped[spec.code] = f"the log is not preference optimisation ({dialect.name})"
+            continue
         if data.run.level not in spec.levels:
             skipped[spec.code] = f"needs a {' or '.join(l.rstrip('s') for l in spec.levels)} log"
             continue

@@ -64,18 +64,21 @@ class RunData:
         from dpodiag.dialects import DIALECTS
         return DIALECTS.get(self.run.dialect)
 
-    def loss_type_for_checks(self) -> tuple[str | None, str]:
+    def loss_type_for_checks(self, allow_default: bool = True) -> tuple[str | None, str]:
         """The loss type a check may assume, and where it comes from.
 
         The declared loss type comes first, then the one the dialect's keys prove; a step log of a
-        reference-based DPO trainer otherwise runs that trainer's default, the sigmoid loss.
+        reference-based DPO trainer otherwise runs that trainer's default, the sigmoid loss. An
+        error-level check passes `allow_default=False`: a framework default is a guess, and the
+        same trainers run ORPO, DPOP and other losses with the same keys.
         """
         if self.run.meta.loss_type is not None:
             return self.run.meta.loss_type, self.run.meta.source_of("loss_type") or "declared"
         dialect = self.dialect
         if dialect is not None and dialect.implied_loss_type:
             return dialect.implied_loss_type, f"implied by the {dialect.name} keys"
-        if dialect is not None and dialect.preference and dialect.paired and not dialect.reference_free:
+        if allow_default and dialect is not None and dialect.preference and dialect.paired \
+                and not dialect.reference_free:
             return "sigmoid", f"the {dialect.name} default"
         return None, "unknown"
 

@@ -40,11 +40,16 @@ def non_finite_values(data: RunData) -> list[Finding]:
     steps = sorted(set(bad.get_column("step").to_list()))
     share = bad.height / frame.height
     listed = ", ".join(f"{c} ({n})" for c, n in bad_by_column.items())
+    hidden = ""
+    if "loss" in bad.columns and "loss" not in bad_by_column and (bad.get_column("loss") == 0).any():
+        zero = int((bad.get_column("loss") == 0).sum())
+        hidden = (f" The logged loss is exactly 0 at {zero} of these {unit}: a loss of 0 next to "
+                  "NaN metrics hides the NaN, it is not a converged run.")
     return [data.finding(
         "non-finite-values", f"NaN or Inf from step {first_step}",
         f"{bad.height} of {frame.height} {unit} ({share:.1%}) hold NaN or Inf, first at step "
-        f"{first_step}, in {len(steps)} step(s); columns: {listed}. fp16 overflow or a division "
-        "by an empty mask is the usual cause; inspect the batch of the first step.",
+        f"{first_step}, in {len(steps)} step(s); columns: {listed}.{hidden} fp16 overflow or a "
+        "division by an empty mask is the usual cause; inspect the batch of the first step.",
         step=first_step,
         evidence={"rows": bad.height, "share": share, "first_step": first_step,
                   "steps": steps[:20], "columns": bad_by_column})]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from dpodiag.checks.base import Finding, RunData, Skip, check, require_pairs
+from dpodiag.checks.base import Finding, RunData, Skip, check, require_pairs, require_steps
+from dpodiag.checks.identities import first_record_check
+from dpodiag.checks.reference import eval_identity, eval_identity_holds
 from dpodiag.compute.identify import Identification, identify
 
 # Minimum train steps for a trend, and the share of steps in each end window.
@@ -25,10 +27,9 @@ def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
        causes="A sign error in the loss, or chosen and rejected swapped in the collator or the data.",
        fix="Check the sign of the margin in the loss and the order of chosen/rejected in the batch.")
 def preference_direction_inverted(data: RunData) -> list[Finding]:
-    train = data.split_steps("train").filter(pl.col("rewards_accuracies").is_not_null()
-                                             & pl.col("rewards_margins").is_finite())
-    if train.height < MIN_TREND_STEPS:
-        raise Skip(f"needs at least {MIN_TREND_STEPS} train steps with accuracies and margins")
+    if data.dialect is not None and not data.dialect.paired:
+        raise Skip("unpaired objectives log no paired accuracy")
+    train = require_steps(data, "train", ["rewards_accuracies", "rewards_margins"], MIN_TREND_STEPS)
     early, late = end_windows(train)
     early_margin = float(early.get_column("rewards_margins").mean())
     late_margin = float(late.get_column("rewards_margins").mean())
@@ -123,12 +124,14 @@ def _first_split(data: RunData, hits: dict) -> tuple[str, list[str]]:
     return splits[0], splits
 
 
-@check("beta-mismatch", "error", ("pairs",),
+@check("beta-mismatch", "error", ("pairs", "steps"),
        meaning="The logged loss matches the declared loss with a different beta.",
        causes="A hard-coded or default beta in the loss while the config records another, or a "
               "beta schedule that is not logged.",
        fix="Pass the configured beta to the loss, or correct the recorded beta.")
 def beta_mismatch(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        return _beta_from_eval_identity(data)
     hits = {}
     for split, ident in identifications(data).items():
         fit = ident.beta_fit
@@ -151,12 +154,14 @@ def beta_mismatch(data: RunData) -> list[Finding]:
                                "splits": splits, "batch_level": ident.batch_level})]
 
 
-@check("loss-scale-mismatch", "error", ("pairs",),
+@check("loss-scale-mismatch", "error", ("pairs", "steps"),
        meaning="The logged loss is a constant multiple k != 1 of the recomputed loss.",
        causes="The loss divided (or multiplied) by the gradient-accumulation steps before "
               "logging, or a sum logged where a mean was meant.",
        fix="Log the loss before scaling it for gradient accumulation, or fix the reduction.")
 def loss_scale_mismatch(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        return _scale_at_first_record(data)
     hits = {}
     for split, ident in identifications(data).items():
         fit = ident.scale_fit
@@ -227,3 +232,38 @@ def loss_mismatch(data: RunData) -> list[Finding]:
         split=split, evidence={"declared_rmse": ident.declared.rmse, "logged_rms": ident.logged_rms,
                                "best_variant": best.loss_type if best else None,
                                "best_variant_rmse": best.rmse if best else None, "splits": splits})]
+
+
+def _scale_at_first_record(data: RunData) -> list[Finding]:
+    """Step logs: rewards 0 before any update, yet the loss is k x its zero-margin value."""
+    result = first_record_check(data)
+    if result is None:
+        return []
+    evidence, rewards_zero = result
+    ratio = evidence["ratio"]
+    near_integer = ratio and (abs(ratio - round(ratio)) < 0.02 or abs(1 / ratio - round(1 / ratio)) < 0.02)
+    if not (rewards_zero or ("first_rewards" not in evidence and near_integer)):
+        return []
+    return [data.finding(
+        "loss-scale-mismatch", f"The first logged loss is {ratio:.3g} x its zero-margin value",
+        f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g} while policy "
+        f"and reference agree (rewards 0), against {evidence['zero_margin_loss']:.4g} for "
+        f"{evidence['loss_type']}: the logged loss is scaled by about {ratio:.3g}, as a "
+        "gradient-accumulation division or a sum-versus-mean bug does.",
+        split=evidence["split"], step=evidence["step"], evidence=evidence)]
+
+
+def _beta_from_eval_identity(data: RunData) -> list[Finding]:
+    """Step logs: the slope of eval rewards against eval log-probs is beta."""
+    declared = data.run.meta.beta
+    if declared is None or data.run.meta.source_of("beta") in ("inferred", "default"):
+        raise Skip("beta is not declared")
+    fit = eval_identity(data)
+    if not eval_identity_holds(fit) or abs(fit.beta / declared - 1) < 0.05:
+        return []
+    return [data.finding(
+        "beta-mismatch", f"The logged rewards use beta {fit.beta:.3g}, not {declared:g}",
+        f"On the eval set, rewards = beta * (logps - reference) holds exactly with beta "
+        f"{fit.beta:.4g} (implied reference constant to {fit.drift:.2g} nats), not with the "
+        f"recorded {declared:g}. The rewards were scaled with another beta than the one recorded.",
+        split="eval", evidence={"declared_beta": declared, "fitted_beta": fit.beta, "drift": fit.drift})]

@@ -141,7 +141,7 @@ def policy_movement(pairs: pl.DataFrame) -> float | None:
     return float(means.get_column("m").max() - means.get_column("m").min())
 
 
-@check("reference-not-initial-policy", "error", ("pairs",),
+@check("reference-not-initial-policy", "error", ("pairs", "steps"),
        meaning="Before any update, the log-ratios are not ~0: the reference is not the policy's "
                "starting point.",
        causes="A reference loaded from another checkpoint (base model vs SFT adapter), another "
@@ -149,6 +149,8 @@ def policy_movement(pairs: pl.DataFrame) -> float | None:
        fix="Load the reference from the exact checkpoint the policy starts from, in the same "
            "precision and template, in eval mode.")
 def reference_not_initial_policy(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        return _first_record_not_initial(data)
     pairs = require_pairs(data)
     spec = require_reference_loss(data)
     first = int(pairs.get_column("step").min())
@@ -288,3 +290,26 @@ def _eval_identity_drift(data: RunData) -> list[Finding]:
         "eval set changes between evaluations.",
         split="eval", evidence={"drift": fit.drift, "fitted_beta": fit.beta, "scale": fit.scale,
                                 "evaluations": rows})]
+
+
+def _first_record_not_initial(data: RunData) -> list[Finding]:
+    """Step logs: the first loss before any update is far from the zero-margin value."""
+    from dpodiag.checks.identities import first_record_check
+
+    result = first_record_check(data)
+    if result is None:
+        return []
+    evidence, rewards_zero = result
+    if rewards_zero:
+        return []  # policy equals reference, so a wrong loss is loss-scale-mismatch's to report
+    ratio = evidence["ratio"] or 0
+    near_integer = abs(ratio - round(ratio)) < 0.02 or (ratio and abs(1 / ratio - round(1 / ratio)) < 0.02)
+    if "first_rewards" not in evidence and near_integer:
+        return []
+    return [data.finding(
+        "reference-not-initial-policy", "The first loss is not the zero-margin value",
+        f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}; with the "
+        f"reference equal to the initial policy it would be {evidence['zero_margin_loss']:.4g} "
+        f"({evidence['loss_type']}, {evidence['loss_type_source']}). The reference is another "
+        "checkpoint, dtype or template, or is scored with dropout on.",
+        split=evidence["split"], step=evidence["step"], evidence=evidence)]

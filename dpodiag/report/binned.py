@@ -9,7 +9,7 @@ import polars as pl
 from scipy.special import expit
 
 from dpodiag.checks.base import RunData
-from dpodiag.report.figures import Chart, add_guide, splits_of
+from dpodiag.report.overlay import Chart, add_guide, splits_of, step_axis
 from dpodiag.report.traces import layout, legend_entry, line, run_colour, run_entries, style_entries
 
 LENGTH_BINS = 10
@@ -86,7 +86,7 @@ def length_chart(runs: list[RunData]) -> Chart:
 
 
 def length_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
-    """The early and late binned margin lines of one run; empty without lengths."""
+    """Build the early and late binned margin lines of one run, none without lengths."""
     pairs = data.pairs
     if pairs is None or not {"chosen_length", "rejected_length", "margin"} <= set(pairs.columns):
         return []
@@ -121,7 +121,7 @@ def length_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
 
 
 def calibration_chart(runs: list[RunData]) -> Chart:
-    """A reliability diagram when preference strengths exist, else entropy against log-loss."""
+    """Build a reliability diagram when preference strengths exist, else entropy against log-loss."""
     if any(data.pairs is not None and "preference_strength" in data.pairs.columns
            and data.pairs.get_column("preference_strength").is_finite().any() for data in runs):
         return reliability_chart(runs)
@@ -138,6 +138,7 @@ def reliability_chart(runs: list[RunData]) -> Chart:
     traces = []
     edges = np.linspace(0, 1, PROBABILITY_BINS + 1)
     for index, data in enumerate(runs):
+        # Late train pairs of each run with preference strengths, binned by p.
         pairs = data.pairs
         if pairs is None or "preference_strength" not in pairs.columns:
             chart.absent_runs.append(data.name)
@@ -156,6 +157,8 @@ def reliability_chart(runs: list[RunData]) -> Chart:
     if not traces:
         chart.missing = "needs preference_strength and finite margins in the last train steps"
         return chart
+
+    # Square axes on [0, 1] with the diagonal of perfect calibration.
     figure_layout = layout(["reliability"], y_titles=["mean preference strength"],
                            x_title="model probability p (bin mean)")
     figure_layout["xaxis"]["range"] = [0, 1]
@@ -176,6 +179,7 @@ def entropy_chart(runs: list[RunData]) -> Chart:
                   "With a preference_strength column this chart becomes a reliability diagram.")
     traces: list[dict[str, Any]] = []
     splits: set[str] = set()
+    scales, x_title = step_axis(runs)
     for index, data in enumerate(runs):
         frame = entropy_per_step(data)
         if frame is None:
@@ -190,13 +194,14 @@ def entropy_chart(runs: list[RunData]) -> Chart:
             for column, expected in (("entropy", True), ("log_loss", False)):
                 label = "entropy H(p)" if expected else "log-loss −log p"
                 traces.append(line(x, part.get_column(column).to_numpy(), run=data.name,
-                                   colour=run_colour(index), split=split, label=label, expected=expected))
+                                   colour=run_colour(index), split=split, label=label, expected=expected,
+                                   step_scale=scales.get(data.name)))
         traces += run_entries([(data.name, run_colour(index))])
     if not traces:
         chart.missing = "needs a pair log (per-pair margins)"
         return chart
     traces += style_entries(splits, measured="log-loss −log p", expected="entropy H(p)")
-    figure_layout = layout(["calibration"], y_titles=["nats"])
+    figure_layout = layout(["calibration"], y_titles=["nats"], x_title=x_title)
     chart.figure = {"data": traces, "layout": figure_layout}
     return chart
 

@@ -1,4 +1,4 @@
-"""What the page carries inside <script> elements: script-safe JSON and the plotly.js bundle."""
+"""Contents of the page's <script> elements: script-safe JSON and the plotly.js bundle."""
 
 from __future__ import annotations
 

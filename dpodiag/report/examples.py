@@ -28,7 +28,7 @@ def has_ids(pairs: pl.DataFrame) -> bool:
 
 
 def last_scoring(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Each example's row at its last scored step; without ids, every row of the last step."""
+    """Return each example's row at its last scored step, or without ids every row of the last step."""
     if has_ids(pairs):
         return (pairs.filter(pl.col("example_id").is_not_null()).sort("step")
                 .group_by(["split", "example_id"], maintain_order=True).last())
@@ -37,7 +37,7 @@ def last_scoring(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def loss_expression(pairs: pl.DataFrame) -> pl.Expr:
-    """The recomputed loss where it is finite, else the logged loss."""
+    """Build the loss shown per pair: the recomputed loss where finite, else the logged one."""
     recomputed = pl.col("loss_recomputed")
     if "loss" not in pairs.columns:
         return recomputed
@@ -45,10 +45,10 @@ def loss_expression(pairs: pl.DataFrame) -> pl.Expr:
 
 
 def largest_loss(pairs: pl.DataFrame) -> list[dict[str, Any]]:
-    """The ROWS_PER_TABLE pairs with the largest loss at their last scoring."""
-    final = last_scoring(pairs).with_columns(loss_expression(pairs).alias("shown_loss"))
-    final = final.filter(pl.col("shown_loss").is_finite()).sort("shown_loss", descending=True)
-    return [example_row(row, loss=row["shown_loss"]) for row in final.head(ROWS_PER_TABLE).iter_rows(named=True)]
+    """Return the ROWS_PER_TABLE pairs with the largest loss at their last scoring."""
+    final = last_scoring(pairs).with_columns(loss_expression(pairs).alias("display_loss"))
+    final = final.filter(pl.col("display_loss").is_finite()).sort("display_loss", descending=True)
+    return [example_row(row, loss=row["display_loss"]) for row in final.head(ROWS_PER_TABLE).iter_rows(named=True)]
 
 
 def largest_flips(pairs: pl.DataFrame) -> list[dict[str, Any]] | None:
@@ -77,16 +77,16 @@ def largest_flips(pairs: pl.DataFrame) -> list[dict[str, Any]] | None:
     flips = flips.sort(pl.col("change").abs(), descending=True).head(ROWS_PER_TABLE)
     rows = []
     for row in flips.iter_rows(named=True):
-        shown = example_row(row)
-        shown.update(first_step=row["first_step"], first_probability=format_number(row["first_probability"]),
+        cells = example_row(row)
+        cells.update(first_step=row["first_step"], first_probability=format_number(row["first_probability"]),
                      change=f"{row['change']:+.3f}",
                      direction="chosen" if row["margin"] > 0 else "rejected")
-        rows.append(shown)
+        rows.append(cells)
     return rows
 
 
 def example_row(row: dict[str, Any], loss: float | None = None) -> dict[str, Any]:
-    """The cells and texts of one example, formatted for the page."""
+    """Format the cells and texts of one example for the page."""
     return {"split": row.get("split"), "example_id": row.get("example_id"), "step": row.get("step"),
             "margin": format_number(row.get("margin")), "probability": format_number(row.get("probability")),
             "loss": format_number(loss), "chosen_length": format_number(row.get("chosen_length")),

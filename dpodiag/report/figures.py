@@ -2,114 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from dpodiag.checks.base import RunData
 from dpodiag.compute.losses import LOSSES
-from dpodiag.report.traces import (axis_names, envelope, hline, layout, legend_entry, line, plotly_text,
-                                   run_colour, run_entries, step_series, style_entries)
-
-
-@dataclass
-class Chart:
-    """One chart of the report: a plotly figure, or the reason it cannot be drawn."""
-
-    id: str
-    """The HTML anchor of the chart's section, e.g. "chart-loss"."""
-    title: str
-    caption: str
-    """What the chart shows and what a healthy run looks like."""
-    figure: dict[str, Any] | None = None
-    missing: str | None = None
-    """Why no run has data for the chart; set when `figure` is None."""
-    absent_runs: list[str] = field(default_factory=list)
-    """Runs that have no data in this chart while others do."""
-
-
-@dataclass(frozen=True)
-class Series:
-    """A step-table column drawn as a line: its label, and whether it is a reference to match."""
-
-    column: str
-    label: str = ""
-    expected: bool = False
-
-
-@dataclass(frozen=True)
-class Panel:
-    """One panel of an overlay chart: title, y-axis title, series and horizontal guide lines."""
-
-    title: str
-    y_title: str
-    series: tuple[Series, ...]
-    guides: tuple[tuple[float, str], ...] = ()
-
-
-def splits_of(data: RunData) -> list[str]:
-    """Return the run's splits, train first, then eval, then any other."""
-    if "split" not in data.steps.columns:
-        return ["train"]
-    present = set(data.steps.get_column("split").unique().drop_nulls().to_list())
-    return [s for s in ("train", "eval") if s in present] + sorted(present - {"train", "eval"})
-
-
-def overlay(chart: Chart, runs: list[RunData], panels: list[Panel], *, missing: str,
-            shared_y: bool = False) -> Chart:
-    """Fill `chart` with one line per run, split and series in each panel."""
-    traces: list[dict[str, Any]] = []
-    drawn_runs: list[tuple[str, str]] = []
-    drawn_splits: set[str] = set()
-    drawn_expected: list[str] = []
-    for index, data in enumerate(runs):
-        count = len(traces)
-        for split in splits_of(data):
-            for panel_index, panel in enumerate(panels):
-                for series in panel.series:
-                    points = step_series(data.steps, split, series.column)
-                    if points is None:
-                        continue
-                    traces.append(line(*points, run=data.name, colour=run_colour(index), split=split,
-                                       label=series.label, panel=panel_index, expected=series.expected))
-                    drawn_splits.add(split)
-                    if series.expected and series.label not in drawn_expected:
-                        drawn_expected.append(series.label)
-        if len(traces) > count:
-            drawn_runs.append((data.name, run_colour(index)))
-        else:
-            chart.absent_runs.append(data.name)
-    if not traces:
-        chart.missing = missing
-        return chart
-
-    # Legend: the runs, then the line styles; the reference style only when one was drawn.
-    measured = [s.label for p in panels for s in p.series if not s.expected and s.label]
-    traces += run_entries(drawn_runs)
-    traces += style_entries(drawn_splits, measured=measured[0] if drawn_expected and measured else "",
-                            expected=drawn_expected[0] if drawn_expected else "")
-
-    # Panels, then their guide lines.
-    figure_layout = layout([p.title for p in panels], y_titles=[p.y_title for p in panels],
-                           shared_y=shared_y)
-    for panel_index, panel in enumerate(panels):
-        for value, text in panel.guides:
-            add_guide(figure_layout, value, panel_index, text)
-    chart.figure = {"data": traces, "layout": figure_layout}
-    return chart
-
-
-def add_guide(figure_layout: dict[str, Any], value: float, panel: int, text: str) -> None:
-    """Add a dotted horizontal guide line at `value` to one panel of `figure_layout`."""
-    shape, label = hline(value, panel, plotly_text(text))
-    figure_layout["shapes"].append(shape)
-    if label is not None:
-        figure_layout["annotations"].append(label)
+from dpodiag.report.overlay import Chart, Panel, Series, add_guide, overlay, step_axis
+from dpodiag.report.traces import (axis_names, envelope, layout, legend_entry, line, run_colour, run_entries,
+                                   step_series)
 
 
 def zero_margin_guides(runs: list[RunData]) -> tuple[tuple[float, str], ...]:
-    """The loss value at zero margin for each distinct declared loss type and beta."""
+    """Return a guide at the zero-margin loss for each distinct declared loss type and beta."""
     guides: dict[float, str] = {}
     for data in runs:
         spec = LOSSES.get(data.run.meta.loss_type or "")
@@ -212,8 +117,9 @@ def probability_chart(runs: list[RunData]) -> Chart:
                   "round with confidence.")
     traces: list[dict[str, Any]] = []
     drawn_runs: list[tuple[str, str]] = []
+    scales, x_title = step_axis(runs)
     for index, data in enumerate(runs):
-        run_traces = probability_traces(data, run_colour(index))
+        run_traces = probability_traces(data, run_colour(index), scales.get(data.name))
         if run_traces:
             drawn_runs.append((data.name, run_colour(index)))
         else:
@@ -226,40 +132,46 @@ def probability_chart(runs: list[RunData]) -> Chart:
     traces += [legend_entry("train median", group="style-train", width=2),
                legend_entry("eval median", group="style-eval", width=2, dash="dash", markers=True),
                legend_entry("train 5–95 % and 25–75 % bands", group="style-band", width=10, opacity=0.25)]
-    figure_layout = layout(["p"], y_titles=["p(chosen preferred)"])
+    figure_layout = layout(["p"], y_titles=["p(chosen preferred)"], x_title=x_title)
     figure_layout["yaxis"]["range"] = [0, 1]
     add_guide(figure_layout, 0.5, 0, "")
     chart.figure = {"data": traces, "layout": figure_layout}
     return chart
 
 
-def probability_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
-    """The band and median traces of one run; empty when the run has no quantiles."""
+def probability_traces(data: RunData, colour: str, scale: float | None) -> list[dict[str, Any]]:
+    """Build the band and median traces of one run, none when the run has no quantiles.
+
+    `scale` divides the steps, as in `line`.
+    """
     names = [f"probability_q{q:02d}" for q in (5, 25, 50, 75, 95)]
     columns = {}
     for name in names:
         points = step_series(data.steps, "train", name)
         if points is None:
-            return eval_median(data, colour, [])
+            return eval_median(data, colour, [], scale)
         x, columns[name] = points
     x, columns = envelope(x, columns, upper={"probability_q75", "probability_q95"})
     traces = []
 
     # Each band is an invisible upper edge followed by a lower edge filled up to it.
+    band_x = x / scale if scale else x
     for (low, high), alpha in ((("probability_q05", "probability_q95"), 0.12),
                                (("probability_q25", "probability_q75"), 0.28)):
-        traces.append(_band_edge(x, columns[high], data.name, colour, fill=None))
-        traces.append(_band_edge(x, columns[low], data.name, colour, fill=_rgba(colour, alpha)))
+        traces.append(_band_edge(band_x, columns[high], data.name, colour, fill=None))
+        traces.append(_band_edge(band_x, columns[low], data.name, colour, fill=_rgba(colour, alpha)))
     traces.append(line(x, columns["probability_q50"], run=data.name, colour=colour, split="train",
-                       label="median"))
-    return eval_median(data, colour, traces)
+                       label="median", step_scale=scale))
+    return eval_median(data, colour, traces, scale)
 
 
-def eval_median(data: RunData, colour: str, traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def eval_median(data: RunData, colour: str, traces: list[dict[str, Any]],
+                scale: float | None) -> list[dict[str, Any]]:
     """Append the eval median line of one run to `traces`, when the run has one."""
     points = step_series(data.steps, "eval", "probability_q50")
     if points is not None:
-        traces.append(line(*points, run=data.name, colour=colour, split="eval", label="median"))
+        traces.append(line(*points, run=data.name, colour=colour, split="eval", label="median",
+                           step_scale=scale))
     return traces
 
 

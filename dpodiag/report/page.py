@@ -12,8 +12,9 @@ from dpodiag import __version__
 from dpodiag.report.binned import calibration_chart, length_chart
 from dpodiag.report.embed import PLOTLY_VERSION, plotly_bundle_base64, script_json
 from dpodiag.report.examples import drilldown
-from dpodiag.report.figures import (Chart, accuracy_chart, drift_chart, logps_chart, loss_chart,
-                                    probability_chart, rewards_chart, weights_chart)
+from dpodiag.report.figures import (accuracy_chart, drift_chart, logps_chart, loss_chart, probability_chart,
+                                    rewards_chart, weights_chart)
+from dpodiag.report.overlay import Chart, progress_scales
 from dpodiag.report.tables import appendix_rows, comparison_rows, finding_views, run_rows
 from dpodiag.report.traces import run_colour
 
@@ -24,14 +25,14 @@ CHART_BUILDERS = [loss_chart, rewards_chart, accuracy_chart, probability_chart, 
 
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """The Jinja2 environment of the report templates; autoescaping is on for every template."""
+    """Return the Jinja2 environment of the report templates, with autoescaping on for every template."""
     return jinja2.Environment(loader=jinja2.PackageLoader("dpodiag.report", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
 def verdict(diagnosis) -> dict[str, Any]:
-    """The headline of the verdict: its severity class, one sentence, and the runs concerned."""
+    """Summarise the findings as the verdict: a severity class, one sentence, and the runs concerned."""
     counts = {severity: sum(1 for f in diagnosis.findings if f.severity == severity)
               for severity in ("error", "warning", "info")}
     runs_with = {severity: [data.name for data in diagnosis.runs
@@ -71,6 +72,7 @@ def render_html(diagnosis, title: str | None = None) -> str:
                                                              for number, chart in enumerate(charts, 1)
                                                              if chart.figure}),
         "charts": charts,
+        "progress_axis": progress_scales(runs) is not None,
         "figures": {chart.id: script_json(chart.figure) for chart in charts if chart.figure},
         "comparison": comparison_rows(runs, diagnosis.findings),
         "colours": [run_colour(index) for index in range(len(runs))],

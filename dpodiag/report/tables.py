@@ -73,7 +73,7 @@ def format_value(value: Any) -> str:
 
 
 def run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
-    """One header row per run: name, colour, source, level, beta and loss type with sources."""
+    """Build one header row per run: name, colour, source, level, beta and loss type with sources."""
     rows = []
     for index, data in enumerate(runs):
         summary = run_summary(data.run)
@@ -145,7 +145,7 @@ def last_eval(steps: pl.DataFrame, column: str) -> float | None:
 
 
 def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[str, Any]]:
-    """One row per compared figure: its label, and per run the value and the delta to run 1."""
+    """Build one row per compared figure: its label, and per run the value and the delta to run 1."""
     figures: list[tuple[str, list[float | int | None]]] = []
     train_steps = [d.steps.filter(pl.col("split") == "train").height if "split" in d.steps.columns
                    else d.steps.height for d in runs]
@@ -185,7 +185,7 @@ def _signed(delta: float | int) -> str:
 
 
 def appendix_rows(data: RunData, findings: list[Finding]) -> dict[str, Any]:
-    """What the reader did with one run: format, dialect, mapping, metadata, notes, skipped checks."""
+    """Collect what the reader did with one run: format, dialect, mapping, metadata, notes, skipped checks."""
     run = data.run
     meta = run.meta
     fields = [name for name in meta.__dataclass_fields__ if name != "sources"]

@@ -1,10 +1,10 @@
 """Plotly trace and layout dicts in the report's visual language, and series downsampling.
 
 One colour per run (by run order, the same in every chart); train lines solid, eval lines dashed
-with markers. A quantity measured by the trainer is a thin line; the value it should match
+with markers. A quantity measured by the trainer is a thin line. The value it should match
 (recomputed loss, entropy) is a wide pale line underneath, so agreement shows as a thin line
 inside a pale band. The legend has one entry per run, which hides or shows all of that run's
-lines, followed by grey entries that name the line styles; data traces have no entry of their own.
+lines. Grey entries after them name the line styles, and data traces have no entry of their own.
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ def envelope(x: np.ndarray, columns: dict[str, np.ndarray], upper: set[str],
     centres = np.array([x[(a + b - 1) // 2] for a, b in zip(edges[:-1], edges[1:])])
     reduced = {}
     for name, values in columns.items():
-        reduce = np.nanmax if name in upper else np.nanmedian if name.endswith("q50") else np.nanmin
+        if name in upper:
+            reduce = np.nanmax
+        elif name.endswith("q50"):
+            reduce = np.nanmedian
+        else:
+            reduce = np.nanmin
         reduced[name] = np.array([reduce(values[a:b]) if np.isfinite(values[a:b]).any() else np.nan
                                   for a, b in zip(edges[:-1], edges[1:])])
     return centres, reduced
@@ -90,13 +95,16 @@ def axis_names(panel: int) -> tuple[str, str]:
 
 
 def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, label: str = "",
-         panel: int = 0, expected: bool = False) -> dict[str, Any]:
-    """A line trace of one run and split; `expected` draws the wide pale reference style."""
+         panel: int = 0, expected: bool = False, step_scale: float | None = None) -> dict[str, Any]:
+    """Build the line trace of one run and split; `expected` draws the wide pale reference style.
+
+    With `step_scale`, x is drawn as x / step_scale (training progress) and hover shows x itself.
+    """
     x, y = downsample(x, y)
     xaxis, yaxis = axis_names(panel)
     eval_markers = split == "eval" and not expected
     name = plotly_text(f"{run} · {split}" + (f" · {label}" if label else ""))
-    return {
+    trace = {
         "type": "scatter", "mode": "lines+markers" if eval_markers else "lines",
         "x": x, "y": y, "name": name, "legendgroup": run, "showlegend": False,
         "xaxis": xaxis, "yaxis": yaxis,
@@ -106,11 +114,14 @@ def line(x: np.ndarray, y: np.ndarray, *, run: str, colour: str, split: str, lab
         "opacity": 0.3 if expected else 1.0,
         "hovertemplate": "step %{x}<br>%{y:.4g}",
     }
+    if step_scale:
+        trace.update(x=x / step_scale, customdata=x, hovertemplate="step %{customdata}<br>%{y:.4g}")
+    return trace
 
 
 def legend_entry(name: str, *, group: str, colour: str = STYLE_GREY, dash: str = "solid",
                  width: float = 3, markers: bool = False, opacity: float = 1.0) -> dict[str, Any]:
-    """A legend-only trace (no data point): a run's entry or the key to one line style."""
+    """Build a legend-only trace (no data point): a run's entry or the key to one line style."""
     return {"type": "scatter", "mode": "lines+markers" if markers else "lines", "x": [None], "y": [None],
             "name": plotly_text(name), "legendgroup": group, "showlegend": True, "hoverinfo": "skip",
             "line": {"color": colour, "dash": dash, "width": width}, "marker": {"size": 5, "color": colour},
@@ -145,7 +156,7 @@ def plotly_text(text: str) -> str:
 
 
 def hline(value: float, panel: int = 0, text: str = "") -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A dotted grey horizontal reference line across one panel, with an optional label."""
+    """Build a dotted grey horizontal reference line across one panel, with an optional label."""
     xaxis, yaxis = axis_names(panel)
     shape = {"type": "line", "xref": f"{xaxis} domain", "x0": 0, "x1": 1, "yref": yaxis,
              "y0": value, "y1": value, "line": {"color": "#777", "width": 1, "dash": "dot"}}
@@ -159,11 +170,11 @@ def hline(value: float, panel: int = 0, text: str = "") -> tuple[dict[str, Any],
 
 def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", height: int = 420,
            shared_y: bool = False) -> dict[str, Any]:
-    """A layout with `len(panels)` side-by-side panels titled by `panels`."""
+    """Build a layout with `len(panels)` side-by-side panels titled by `panels`."""
     count = len(panels)
     gap = 0.07 if count > 1 else 0.0
     width = (1 - gap * (count - 1)) / count
-    # The bottom margin holds the tick labels, the x-axis title and one or two legend rows, so
+    # The bottom margin contains the tick labels, the x-axis title and one or two legend rows, so
     # the legend sits 56 px under the plot area without plotly growing the margin.
     margin = {"l": 64, "r": 20, "t": 56 if count > 1 else 36, "b": 110}
     legend_y = -56 / (height - margin["t"] - margin["b"])

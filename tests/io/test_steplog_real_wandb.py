@@ -109,7 +109,7 @@ def test_chosen_reward_up_summary():
 
 def test_slurm_capture_matches_wandb_console(tmp_path):
     # The SLURM stdout of this job prints every dict after carriage-return tqdm redraws on the
-    # same line; rebuild that layout from the real output.log and compare the tables.
+    # same line. Rebuild that layout from the real output.log and compare the tables.
     source = FIXTURES / "translation-dpo-gams9b-chosen-reward-up.wandb_output.log"
     lines = source.read_text(encoding="utf-8").splitlines()
     banner = "Namespace(rank=64, learning_rate=3e-07, total_epochs=3, beta=0.2)\n"

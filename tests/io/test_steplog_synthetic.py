@@ -8,6 +8,7 @@ import math
 import polars as pl
 import pytest
 
+from dpodiag.errors import InputError
 from dpodiag.io.steplogs import read_step_log, sniff_step_log
 
 TRAIN_DICT = ("{{'loss': {loss}, 'grad_norm': 1.5, 'learning_rate': 1e-06, "
@@ -138,7 +139,7 @@ def test_wandb_panel_csv_with_two_runs(tmp_path):
     path = tmp_path / "panel.csv"
     path.write_text('"Step","a - train/loss","b - train/loss"\n"1","0.69","0.70"\n')
     assert read_step_log(path, run_name="b").table.item(0, "loss") == 0.70
-    with pytest.raises(Exception, match=r"contains 2 W&B runs \(a, b\); pass run_name="):
+    with pytest.raises(InputError, match=r"contains 2 W&B runs \(a, b\); pass run_name="):
         read_step_log(path)
 
 
@@ -253,3 +254,32 @@ def test_hf_output_folder_prefers_trainer_state(tmp_path):
     run = read_step_log(tmp_path)
     assert run.steps == (1, 20)
     assert any("training_args.bin is a pickle" in note for note in run.notes)
+
+
+def test_pair_logs_not_sniffed(tmp_path):
+    # Per-pair logs belong to the pair reader even when they look like JSON Lines or CSV logs.
+    rows = [{"step": 1, "example_id": i, "policy_chosen_logps": -1.0,
+             "policy_rejected_logps": -2.0} for i in range(3)]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("step,chosen_logps,rejected_logps,ref_chosen_logps,ref_rejected_logps\n"
+                   "1,-1,-2,-1,-2\n1,-1.5,-2,-1,-2\n")
+    scores = tmp_path / "rewardbench.json"
+    scores.write_text(json.dumps([{"scores_chosen": 1.0, "scores_rejected": 0.5}]))
+    assert sniff_step_log(jsonl) is None
+    assert sniff_step_log(csv) is None
+    assert sniff_step_log(scores) is None
+
+
+def test_trainer_settings_from_config(tmp_path):
+    (tmp_path / "config.yaml").write_text(
+        "_wandb:\n    value: {}\nbeta:\n    value: 0.1\nloss_type:\n    value: [sigmoid]\n"
+        "use_weighting:\n    value: true\nld_alpha:\n    value: 0.5\n"
+        "transformers_version:\n    value: 4.45.0\n")
+    (tmp_path / "output.log").write_text(TRAIN_DICT.format(loss=0.69, epoch=0.1) + "\n")
+    run = read_step_log(tmp_path / "output.log")
+    assert run.meta.loss_type == "sigmoid"
+    assert run.meta.trainer_config["use_weighting"] is True
+    assert run.meta.trainer_config["ld_alpha"] == 0.5
+    assert run.dialect == "trl-legacy"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Requests to these schemes stay inside the page; any other scheme is a network request.
-LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
+# Requests to these schemes stay on this machine; a request to any other URL counts as network.
+LOCAL_SCHEMES = ("file:", "data:", "blob:")
 
 
 def missing_browser() -> str | None:
@@ -43,8 +43,8 @@ class Browser:
         """Open `path` over file:// and wait until every chart is drawn or drawing failed."""
         from selenium.webdriver.support.ui import WebDriverWait
 
-        # The new-tab page that Chromium opens first loads chrome:// resources; leave it and drop
-        # its log entries, so that the logs hold the report's own requests only.
+        # The new-tab page that Chromium opens first loads chrome:// resources. Leaving it and
+        # dropping its log entries keeps only the report's own requests in the logs.
         self.driver.get("about:blank")
         self.driver.get_log("performance")
         self.driver.get_log("browser")

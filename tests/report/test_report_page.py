@@ -121,6 +121,33 @@ def test_missing_lengths_replace_chart(tmp_path):
     assert "Not drawn: needs chosen_length/rejected_length columns in a pair log." in html
 
 
+def test_unequal_lengths_use_progress_axis(tmp_path):
+    short = make_pairs(steps=10).with_columns(run=pl.lit("short"))
+    long = make_pairs(steps=100).with_columns(run=pl.lit("long"))
+    paths = [write_parquet(frame, tmp_path / f"{name}.parquet", beta=0.1, loss_type="sigmoid")
+             for name, frame in (("short", short), ("long", long))]
+    html = render_html(dpodiag.diagnose(dpodiag.load(paths), device="cpu"))
+    figure = figure_blocks(html)["chart-loss"]
+    assert figure["layout"]["xaxis"]["title"]["text"].startswith("training progress")
+    drawn = [trace for trace in figure["data"] if trace["x"] != [None]]
+    assert all(max(trace["x"]) <= 1.0 for trace in drawn)
+    assert max(max(trace["customdata"]) for trace in drawn) == 99
+    assert "charts over training show training progress" in html
+
+
+def test_preference_strength_gives_reliability(tmp_path):
+    frame = make_pairs(steps=20, pairs=64, noise=1.0)
+    frame = frame.with_columns(preference_strength=(pl.col("example_id").str.extract(r"(\d+)$").cast(pl.Float64)
+                                                    / 64.0))
+    path = write_parquet(frame, tmp_path / "strength.parquet", beta=0.1, loss_type="sigmoid")
+    html = render_html(dpodiag.diagnose(dpodiag.load([path]), device="cpu"))
+    assert "Calibration: reliability diagram" in html
+    traces = figure_blocks(html)["chart-calibration"]["data"]
+    points = [trace for trace in traces if trace["x"] != [None]]
+    assert len(points) == 1
+    assert all(0 <= value <= 1 for value in points[0]["x"] + points[0]["y"])
+
+
 def test_comparison_deltas_against_first_run(tmp_path):
     html = render_html(dpodiag.diagnose(pair_runs(tmp_path, 2, steps=12), device="cpu"))
     comparison = html[html.index('id="comparison"'):html.index('id="examples"')]
@@ -217,31 +244,28 @@ def test_step_log_beside_pair_log(tmp_path):
 # Outline
 
 class Outline(HTMLParser):
-    """Headings and element ids of a page, outside the finding cards (their text varies with checks)."""
+    """Headings and element ids of a page. In the verdict only its h2 is kept: the finding
+    cards and their group headings change with every check added."""
 
     def __init__(self):
         super().__init__()
         self.lines: list[str] = []
         self.heading: str | None = None
         self.text = ""
-        self.depth_in_verdict = 0
+        self.section: str | None = None
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
-        if self.depth_in_verdict:
-            self.depth_in_verdict += tag not in ("br", "meta", "img")
+        if tag == "section" and attributes.get("id") in SECTIONS:
+            self.section = attributes["id"]
+        if self.section == "verdict" and tag != "h2" and attributes.get("id") != "verdict":
             return
         if attributes.get("id"):
             self.lines.append(f"#{attributes['id']}")
-        if attributes.get("id") == "verdict":
-            self.depth_in_verdict = 1
         if tag in ("h1", "h2", "h3", "h4"):
             self.heading, self.text = tag, ""
 
     def handle_endtag(self, tag):
-        if self.depth_in_verdict:
-            self.depth_in_verdict -= 1
-            return
         if tag == self.heading:
             self.lines.append(f"{tag} {' '.join(self.text.split())}")
             self.heading = None
@@ -249,6 +273,9 @@ class Outline(HTMLParser):
     def handle_data(self, data):
         if self.heading:
             self.text += data
+
+
+SECTIONS = {"verdict", "charts", "comparison", "examples", "appendix"}
 
 
 def outline(html: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import polars as pl
+
 from dpodiag.dialects import get_dialect
 from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.steplogs import (
@@ -85,14 +87,16 @@ def read_step_log(path: Path, *, dialect: str | None = None, run_name: str | Non
     target, fmt, notes = _resolve(path)
     try:
         raw = _read(target, fmt, run_name)
+        _add_trainer_meta(raw, target)
+        raw.notes[:0] = notes
+        return build_run(raw, target, dialect=dialect, run_name=run_name, column_map=column_map)
     except DpodiagError:
         raise
-    except (OSError, UnicodeError, ValueError, KeyError, TypeError, IndexError) as error:
+    except (OSError, UnicodeError, ValueError, KeyError, TypeError, IndexError,
+            pl.exceptions.PolarsError) as error:
+        # A malformed file surfaces as one of these deep inside a parser.
         raise InputError(target, f"cannot be read as {fmt} ({type(error).__name__}: {error})",
                          "pass the file as the trainer wrote it") from None
-    _add_trainer_meta(raw, target)
-    raw.notes[:0] = notes
-    return build_run(raw, target, dialect=dialect, run_name=run_name, column_map=column_map)
 
 
 def _resolve(path: Path) -> tuple[Path, str, list[str]]:
@@ -108,8 +112,12 @@ def _resolve(path: Path) -> tuple[Path, str, list[str]]:
                               "the console output")
         notes.append(f"read {chosen[0].relative_to(path)} from folder {path}")
         return chosen[0], chosen[1], notes
-    with path.open("rb") as handle:
-        head = handle.read(HEAD_BYTES)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError as error:
+        raise InputError(path, f"cannot be opened ({error.strerror})",
+                         "check that the file is readable") from None
     if not head.strip():
         raise NoDataError(path, "the file is empty",
                           "pass a step log such as trainer_state.json or the console output")
@@ -145,8 +153,7 @@ def _choose_in_folder(folder: Path) -> tuple[Path, str] | None:
     # Candidates: the folder, its files/ (W&B) and its latest checkpoint-N/ folder.
     folders = [folder, folder / "files"]
     checkpoints = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir()),
-                         key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1]
-                         .isdigit() else -1)
+                         key=_checkpoint_number)
     folders += checkpoints[-1:]
     found: dict[str, Path] = {}
     for candidate_folder in folders:
@@ -161,3 +168,8 @@ def _choose_in_folder(folder: Path) -> tuple[Path, str] | None:
         if fmt in found:
             return found[fmt], fmt
     return None
+
+
+def _checkpoint_number(folder: Path) -> int:
+    number = folder.name.rsplit("-", 1)[-1]
+    return int(number) if number.isdigit() else -1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import json
 import math
 import re
 from pathlib import Path
@@ -59,8 +60,10 @@ def read(path: Path, fmt: str = "console") -> RawLog:
     if dropped:
         notes.append(f"non-numeric fields not read: {', '.join(sorted(dropped))}")
     notes.append(f"{len(records)} printed dicts read, lines {found[0][0]}-{found[-1][0]}")
-    return RawLog(records=records, format="console", notes=notes,
-                  hints={"banner": banner_values(text)})
+    # Training scripts print their settings before the first log dict.
+    first = _ANY_DICT.search(text)
+    banner = banner_values(text[:first.start() if first else len(text)])
+    return RawLog(records=records, format="console", notes=notes, hints={"banner": banner})
 
 
 def extract_dicts(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
@@ -101,17 +104,23 @@ def extract_dicts(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str
             broken.append(line_of(start))
         position = end + 1
     if broken:
-        shown = ", ".join(str(line) for line in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        listed = ", ".join(str(line) for line in broken[:5]) + (", ..." if len(broken) > 5 else "")
         many = len(broken) > 1
         notes.append(f"{len(broken)} printed dict{'s' if many else ''} could not be parsed and "
-                     f"{'were' if many else 'was'} skipped (line{'s' if many else ''} {shown})")
+                     f"{'were' if many else 'was'} skipped (line{'s' if many else ''} {listed})")
     return found, notes
 
 
 def parse_dict(candidate: str) -> dict[str, Any] | None:
     """Parse one printed dict (joined across line breaks) without evaluating code."""
-    joined = _LINE_BREAK.sub("", candidate)
-    joined = _WRAPPERS.sub(r"\1", joined)
+    joined = candidate
+    if "\n" in joined or "\r" in joined:
+        joined = _LINE_BREAK.sub("", joined)
+    if "(" in joined:
+        joined = _WRAPPERS.sub(r"\1", joined)
+    fast = _parse_as_json(joined)
+    if fast is not None:
+        return fast
     joined = _NON_FINITE.sub(_sentinel, joined)
     try:
         value = ast.literal_eval(joined)
@@ -121,6 +130,23 @@ def parse_dict(candidate: str) -> dict[str, Any] | None:
         return None
     return {key: _SENTINELS.get(item, item) if isinstance(item, str) else item
             for key, item in value.items()}
+
+
+def _parse_as_json(text: str) -> dict[str, Any] | None:
+    # Most log dicts hold only quoted keys and numbers, which the C JSON parser reads about
+    # ten times faster than ast.literal_eval once single quotes become double quotes.
+    if '"' in text or "\\" in text:
+        return None
+    try:
+        value = json.loads(_NON_FINITE.sub(_json_token, text.replace("'", '"')))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _json_token(match: re.Match[str]) -> str:
+    sign, word = match.group(2), match.group(3).lower()
+    return match.group(1) + ("NaN" if word == "nan" else f"{sign}Infinity")
 
 
 def _sentinel(match: re.Match[str]) -> str:

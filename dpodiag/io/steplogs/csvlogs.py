@@ -4,7 +4,7 @@ W&B writes two kinds of CSV. A panel export has a `Step` column and `<run> - <ke
 with `__MIN` and `__MAX` companions for smoothed panels. A full history export (`run.history()`
 saved with pandas) has `_step`, `_runtime`, `_timestamp` and one column per logged key such as
 `train/loss`. A hand-written trainer's CSV has any column names
-(`train_loss`, `val_reward_margin`, `policy_chosen_logprobs`); the generic dialect maps them by
+(`train_loss`, `val_reward_margin`, `policy_chosen_logprobs`). The generic dialect maps them by
 name, and a `column_map` given to the reader overrides the mapping.
 """
 

@@ -56,8 +56,8 @@ def read(path: Path, fmt: str) -> RawLog:
             records.append(record)
             dropped.update(text_keys)
     if bad:
-        shown = ", ".join(str(n) for n in bad[:5])
-        notes.append(f"{len(bad)} lines are not valid JSON and were skipped (lines {shown})")
+        listed = ", ".join(str(n) for n in bad[:5])
+        notes.append(f"{len(bad)} lines are not valid JSON and were skipped (lines {listed})")
     if dropped:
         notes.append(f"non-numeric fields not read: {', '.join(sorted(dropped))}")
     if not records:

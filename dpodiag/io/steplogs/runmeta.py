@@ -15,6 +15,7 @@ def run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
     """Fill RunMeta from trainer-file `values`, then from what `dialect` and the columns imply."""
     meta = RunMeta()
     meta.update(values, "trainer-config")
+    meta.trainer_config.update(values.get("trainer_config", {}))
     inferred: dict[str, Any] = {}
     if dialect.framework and meta.framework is None:
         inferred["framework"] = dialect.framework

@@ -20,6 +20,17 @@ import yaml
 # Standard names of trainer files that may sit beside a log, and what each one is.
 CONFIG_NAMES = ("config.yaml", "training_args.yaml")
 SUMMARY_JSON_SUFFIXES = ("_metrics.json", "results.json", "metrics.json")
+# Trainer settings that change what is logged or how, copied into RunMeta.trainer_config.
+TRAINER_SETTINGS = (
+    "use_weighting", "ld_alpha", "rpo_alpha", "f_divergence_type", "f_alpha_divergence_coef",
+    "sync_ref_model", "ref_model_sync_steps", "ref_model_mixup_alpha", "reference_free",
+    "precompute_ref_log_probs", "loss_weights", "discopop_tau", "cpo_alpha", "padding_free",
+    "model_adapter_name", "ref_adapter_name", "force_use_ref_model", "logging_steps",
+    "logging_first_step", "logging_nan_inf_filter", "eval_steps", "eval_strategy",
+    "gradient_accumulation_steps", "per_device_train_batch_size", "max_steps",
+    "num_train_epochs", "transformers_version", "nll_loss_coef", "aux_loss_coef",
+    "train_batch_size", "micro_train_batch_size", "max_epochs", "pref_ftx",
+)
 
 _BANNER = {
     "beta": re.compile(r"(?<![\w.])beta\s*[:=]\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)", re.I),
@@ -75,12 +86,30 @@ def _merge(values: dict, notes: list, hints: dict, source: Path,
            found: tuple[dict[str, Any], list[str], dict[str, Any]]) -> None:
     new_values, new_notes, new_hints = found
     if new_values:
-        shown = ", ".join(f"{k}={v}" for k, v in new_values.items())
-        notes.append(f"metadata from {source.name}: {shown}")
+        notes.append(f"metadata from {source.name}: {describe(new_values)}")
     for key, value in new_values.items():
         values.setdefault(key, value)
     notes.extend(new_notes)
     hints.update(new_hints)
+
+
+def describe(values: Mapping[str, Any]) -> str:
+    """Format meta values for a note; trainer settings are counted, not listed."""
+    listed = ", ".join(f"{k}={v}" for k, v in values.items() if k != "trainer_config")
+    settings = len(values.get("trainer_config", {}))
+    return listed + (f" and {settings} trainer settings" if settings else "")
+
+
+def trainer_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Pick the settings of TRAINER_SETTINGS that a config sets, as plain values."""
+    plain = (str, int, float, bool)
+    picked = {}
+    for key in TRAINER_SETTINGS:
+        value = config.get(key)
+        if isinstance(value, plain) or (isinstance(value, list)
+                                        and all(isinstance(v, plain) for v in value)):
+            picked[key] = value
+    return picked
 
 
 def config_file_values(path: Path) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
@@ -110,12 +139,17 @@ def config_values(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str],
     program = str((config.get("_wandb") or {}).get("e", "")) if isinstance(
         config.get("_wandb"), Mapping) else ""
     if "ref_pretrain" in config or "nll_loss_coef" in config or "openrlhf" in program:
-        return _openrlhf_values(config)
-    if "pref_beta" in config or "pref_loss" in config:
-        return _llamafactory_values(config)
-    if "beta" in config:
-        return _trl_values(config)
-    return {}, [], {}
+        values, notes, hints = _openrlhf_values(config)
+    elif "pref_beta" in config or "pref_loss" in config:
+        values, notes, hints = _llamafactory_values(config)
+    elif "beta" in config:
+        values, notes, hints = _trl_values(config)
+    else:
+        return {}, [], {}
+    settings = trainer_settings(config)
+    if settings:
+        values["trainer_config"] = settings
+    return values, notes, hints
 
 
 def _trl_values(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:

@@ -55,14 +55,14 @@ class RawLog:
 
 def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """Keep the numeric values of one parsed record; return them and the names of the rest."""
-    kept: dict[str, float] = {}
+    remaining: dict[str, float] = {}
     dropped: list[str] = []
     for key, value in record.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            kept[str(key)] = float(value)
+            remaining[str(key)] = float(value)
         elif value is not None:
             dropped.append(str(key))
-    return kept, dropped
+    return remaining, dropped
 
 
 def is_pair_record(keys: Iterable[str]) -> bool:
@@ -101,8 +101,8 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     if table.height == 0:
         raise NoDataError(path, f"no metric values in its {source.height} records "
                           f"(keys: {_preview(keys)})",
-                          "pass a log that holds per-step training metrics")
-    skipped = source.height - summary_only - table.get_column("record").n_unique()
+                          "pass a log that contains per-step training metrics")
+    skipped = source.height - summary_only - table.get_column("__record").n_unique()
     if skipped:
         notes.append(f"{skipped} record{'s' if skipped > 1 else ''} without metric values "
                      "skipped")
@@ -177,11 +177,11 @@ def _extra_name(base: str, key: str, seen: dict[str, str]) -> str:
     return candidate
 
 
-def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
+def _split_frames(frame: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
     # One row per (record, split) that has at least one metric value for that split.
-    raw = raw.with_columns(pl.all().cast(pl.Float64, strict=False))
-    raw = raw.with_row_index("record").with_columns(pl.col("record").cast(pl.Int64))
-    common = [pl.col("record")]
+    frame = frame.with_columns(pl.all().cast(pl.Float64, strict=False))
+    frame = frame.with_row_index("__record").with_columns(pl.col("__record").cast(pl.Int64))
+    common = [pl.col("__record")]
     common += [pl.col(key).alias(f"__step{i}") for i, key in enumerate(plan.step_keys)]
     if "epoch" in plan.shared:
         common.append(pl.coalesce(plan.shared["epoch"]).alias("epoch"))
@@ -206,12 +206,11 @@ def _split_frames(raw: pl.DataFrame, plan: _Plan) -> pl.DataFrame:
             sources += [pl.when(owner[split]).then(pl.col(k)) for k in bare]
             values.append(pl.coalesce(sources).alias(name))
         present = _any_present(keys_of[split]) | (_any_present(keys_of[None]) & owner[split])
-        frames.append(raw.filter(present).select(*common, *values, pl.lit(split).alias("split")))
-    if not frames:
-        return pl.DataFrame(schema={"record": pl.Int64, "split": pl.Utf8})
+        frames.append(frame.filter(present).select(*common, *values,
+                                                   pl.lit(split).alias("split")))
     table = pl.concat(frames, how="diagonal_relaxed")
     order = pl.col("split").replace_strict(SPLIT_ORDER, default=2)
-    return table.sort([pl.col("record"), order])
+    return table.sort([pl.col("__record"), order])
 
 
 def _any_present(keys: list[str]) -> pl.Expr:
@@ -255,11 +254,12 @@ def _finish(table: pl.DataFrame, name: str) -> pl.DataFrame:
     metrics = [m for m in STEP_METRICS if m in present]
     extras = [m for m in EXTRA_METRICS if m in present]
     others = [c for c in table.columns if c.startswith("extra_")]
-    table = table.with_columns(pl.lit(name).alias("run"), pl.col("step").cast(pl.Int64))
+    table = table.with_columns(pl.lit(name).alias("run"), pl.col("step").cast(pl.Int64),
+                               pl.col("__record").alias("record"))
     floats = [pl.col(c).cast(pl.Float64) for c in [*metrics, *extras, *others]]
     return table.select("run", "split", "step", "record", *floats)
 
 
 def _preview(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") or "none"
+    listed = ", ".join(keys[:limit])
+    return listed + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") or "none"

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from dpodiag.errors import InputError, NoDataError
-from dpodiag.io.steplogs.sidecars import config_values
+from dpodiag.io.steplogs.sidecars import config_values, describe
 from dpodiag.io.steplogs.table import RawLog
 
 # TFRecord framing: an 8-byte little-endian length, a 4-byte CRC, then the payload. The first
@@ -57,10 +57,14 @@ def read(path: Path, fmt: str = "tensorboard") -> RawLog:
     frame = points.pivot(on="tag", index="step", values="value", aggregate_function="last")
     frame = frame.sort("step").with_columns(pl.col("step").cast(pl.Float64))
     notes = [f"{len(set(points['tag']))} scalar tags, {points.height} points, no downsampling"]
+    others = [p.name for p in path.parent.glob("*tfevents*") if p != path and p.is_file()]
+    if others:
+        notes.append(f"{len(others)} other event files in this folder were not read "
+                     f"({', '.join(sorted(others)[:3])}); pass each one to read it")
     if duplicates:
         names = ", ".join(sorted(set(repeated.get_column("tag"))))
         notes.append(f"{duplicates} points repeat a (tag, step) pair ({names}); the last one "
-                     "was kept")
+                     "was remaining")
     meta, meta_notes, hints = _text_metadata(accumulator, tags.get("tensors", []))
     return RawLog(records=[], frame=frame, format="tensorboard", notes=notes + meta_notes,
                   meta=meta, hints=hints)
@@ -112,8 +116,7 @@ def _text_metadata(accumulator: Any,
         if tag.startswith("args") and data:
             values, notes, hints = config_values(data)
             if values:
-                shown = ", ".join(f"{k}={v}" for k, v in values.items())
-                notes.insert(0, f"metadata from the event file's {tag}: {shown}")
+                notes.insert(0, f"metadata from the event file's {tag}: {describe(values)}")
         elif data:
             name = data.get("_name_or_path")
             if name:

@@ -1,0 +1,271 @@
+"""Checks that only step logs need: the identities and bounds that logged aggregates obey, and
+artefacts of how trainers reduce metrics (rank-local values, frozen evaluations, the first record)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from dpodiag.checks.base import Finding, RunData, Skip, check, require_reference_loss, require_steps
+from dpodiag.compute.losses import LN2, LOSSES
+
+# Losses g(beta*h) with g convex whose logged margin is the quantity inside g, so that
+# mean loss >= g(mean margin) (Jensen) and every pair with margin <= 0 costs at least g(0).
+BOUNDED_LOSSES = {"sigmoid", "cdpo", "robust", "hinge"}
+# Trainer settings that change the logged loss so that the bounds above no longer hold.
+BOUND_BREAKING_SETTINGS = ("use_weighting", "f_divergence_type", "loss_weights")
+
+
+def _bound_margin_loss(loss_type: str, label_smoothing: float) -> tuple:
+    """g(margin) for the bounded losses, as a numpy function, and g(0)."""
+    eps = label_smoothing
+    softplus = lambda z: np.logaddexp(0.0, z)  # noqa: E731
+    functions = {
+        "sigmoid": lambda m: softplus(-m),
+        "cdpo": lambda m: (1 - eps) * softplus(-m) + eps * softplus(m),
+        "robust": lambda m: ((1 - eps) * softplus(-m) - eps * softplus(m)) / (1 - 2 * eps),
+        "hinge": lambda m: np.maximum(0.0, 1 - m),
+    }
+    g = functions[loss_type]
+    return g, float(g(0.0))
+
+
+# A bug breaks an identity in most records; a few isolated records that miss a bound are noise of
+# real logs (reductions over slightly different pair sets, bf16 rounding).
+SYSTEMATIC_SHARE = 0.1
+
+
+def _systematic(violations: int, records: int) -> bool:
+    return violations > 0 and violations >= SYSTEMATIC_SHARE * records
+
+
+def _identity_problems(rows: pl.DataFrame) -> dict[str, dict]:
+    """Margins that are not chosen - rejected, and accuracies outside [0, 1]."""
+    problems: dict[str, dict] = {}
+    if {"rewards_margins", "rewards_chosen", "rewards_rejected"} <= set(rows.columns):
+        finite = rows.filter(pl.col("rewards_margins").is_finite() & pl.col("rewards_chosen").is_finite()
+                             & pl.col("rewards_rejected").is_finite())
+        gap = (finite.get_column("rewards_margins")
+               - (finite.get_column("rewards_chosen") - finite.get_column("rewards_rejected"))).abs()
+        size = (finite.get_column("rewards_chosen").abs() + finite.get_column("rewards_rejected").abs()
+                + finite.get_column("rewards_margins").abs())
+        # Trainers often compute rewards in bf16 (8 significant bits): each logged value may be
+        # off by 2**-8 of itself, so the three values may disagree by up to 2**-8 of their sum.
+        bad = finite.filter(gap > 2.0 ** -7 * size + 1e-4)
+        if _systematic(bad.height, finite.height):
+            problems["margins != chosen - rejected"] = {"records": bad.height, "first_step": int(bad["step"][0])}
+    if "rewards_accuracies" in rows.columns:
+        accuracy = rows.get_column("rewards_accuracies")
+        bad = rows.filter(accuracy.is_finite() & ((accuracy < -1e-6) | (accuracy > 1 + 1e-6)))
+        if bad.height:
+            problems["accuracy outside [0, 1]"] = {"records": bad.height, "first_step": int(bad["step"][0]),
+                                                   "max": float(accuracy.max())}
+    return problems
+
+
+def _bound_problems(data: RunData, rows: pl.DataFrame) -> dict[str, dict]:
+    """Logged losses below the Jensen bound g(mean margin) or the accuracy bound (1 - acc) g(0)."""
+    loss_type, _ = data.loss_type_for_checks(allow_default=False)
+    dialect = data.dialect
+    config = data.run.meta.trainer_config
+    if (loss_type not in BOUNDED_LOSSES or (dialect is not None and (
+            not dialect.rewards_beta_scaled or not dialect.paired
+            or dialect.reduction.startswith("rank-local")))
+            or any(config.get(k) not in (None, False, "reverse_kl") for k in BOUND_BREAKING_SETTINGS)):
+        return {}
+    g, at_zero = _bound_margin_loss(loss_type, data.run.meta.label_smoothing)
+    decimals = dialect.loss_decimals if dialect is not None and dialect.loss_decimals else 8
+    problems: dict[str, dict] = {}
+    finite = rows.filter(pl.col("loss").is_finite())
+    for name, column, bound_of in [
+            ("loss below the Jensen bound g(mean margin)", "rewards_margins", g),
+            ("loss below the accuracy bound (1 - accuracy) g(0)", "rewards_accuracies",
+             lambda a: (1 - a) * at_zero)]:
+        if column not in finite.columns:
+            continue
+        part = finite.filter(pl.col(column).is_finite())
+        if part.height == 0:
+            continue
+        bound = bound_of(part.get_column(column).to_numpy())
+        loss = part.get_column("loss").to_numpy()
+        tolerance = np.maximum(1e-3, 0.01 * np.abs(bound)) + 0.5 * 10.0 ** -decimals
+        below = loss < bound - tolerance
+        if _systematic(int(below.sum()), len(loss)):
+            first = int(np.argmax(below))
+            problems[name] = {"records": int(below.sum()), "first_step": int(part["step"][first]),
+                              "loss": float(loss[first]), "bound": float(bound[first])}
+    return problems
+
+
+@check("metric-identity-violated", "error", ("steps",),
+       meaning="Logged aggregates break an identity or bound that every correct log obeys.",
+       causes="Rewards logged twice with beta, components overwritten in a multi-loss run, "
+              "micro-batch metrics summed instead of averaged, a loss and margins averaged over "
+              "different sets, a wrong beta or loss type.",
+       fix="Check how the trainer reduces its metrics and which loss, beta and scale it logs.")
+def metric_identity_violated(data: RunData) -> list[Finding]:
+    if data.dialect is not None and not data.dialect.paired:
+        raise Skip("margins and accuracies of unpaired objectives follow other identities")
+    findings = []
+    for split in data.run.splits:
+        rows = data.split_steps(split)
+        finite_rewards = [c for c in ("rewards_chosen", "rewards_rejected", "rewards_margins") if c in rows.columns]
+        # Records with a non-finite reward are non-finite-values' to report.
+        for column in finite_rewards:
+            rows = rows.filter(pl.col(column).is_finite())
+        problems = _identity_problems(rows)
+        if "loss" in rows.columns:
+            problems.update(_bound_problems(data, rows))
+        if not problems:
+            continue
+        first = min(p["first_step"] for p in problems.values())
+        listed = "; ".join(f"{name} in {p['records']} record(s)" for name, p in problems.items())
+        findings.append(data.finding(
+            "metric-identity-violated", f"Logged {split} metrics contradict each other",
+            f"{listed}, first at step {first}. These hold for any correct log of this loss, so the "
+            "metrics, the loss type, beta or the reduction are not what the log claims.",
+            split=split, step=first, evidence=problems))
+    return findings
+
+
+@check("rank-local-metrics", "warning", ("steps",),
+       meaning="Accuracies sit on a coarse 1/k grid: each logged value averages only k pairs.",
+       causes="Metrics from one device that were never gathered (TRL up to 0.13), or per-device "
+              "batches of 1-4 pairs logged every step.",
+       fix="Compare runs only on gathered metrics or longer windows; raise logging_steps or "
+           "upgrade TRL.")
+def rank_local_metrics(data: RunData) -> list[Finding]:
+    rows = require_steps(data, "train", ["rewards_accuracies"], 10)
+    values = rows.get_column("rewards_accuracies").to_numpy()
+    if len(np.unique(values)) < 2:
+        raise Skip("the accuracy never changes")
+    grid = next((k for k in range(1, 17) if np.all(np.abs(values * k - np.round(values * k)) < 1e-6)), None)
+    # A run that saturates jumps from 0 to 1 once; per-device values keep jumping around.
+    changes = int(np.count_nonzero(np.diff(values)))
+    if grid is None or grid > 4 or changes < max(3, 0.1 * len(values)):
+        return []
+    legacy = data.dialect is not None and data.dialect.reduction.startswith("rank-local")
+    cause = ("this TRL version logs metrics of one device without gathering them"
+             if legacy else "each logged value comes from one device or a tiny batch")
+    return [data.finding(
+        "rank-local-metrics", f"Accuracies are multiples of 1/{grid}",
+        f"All {len(values)} train accuracies are multiples of 1/{grid}: {cause}. Per-record values "
+        "are too noisy to judge, and comparisons with gathered runs are not like for like.",
+        split="train", evidence={"grid": grid, "records": len(values),
+                                 "values": sorted(set(np.round(values, 4).tolist()))[:10]})]
+
+
+EVAL_FROZEN_COLUMNS = ["loss", "rewards_chosen", "rewards_rejected", "rewards_margins",
+                       "logps_chosen", "logps_rejected"]
+
+
+@check("eval-metrics-frozen", "warning", ("steps",),
+       meaning="Eval metrics are bit-identical across evaluations while training moves.",
+       causes="Evaluation of a model other than the one being trained (PEFT adapters disabled or "
+              "not loaded at eval time), a cached eval result.",
+       fix="Check that evaluation runs the current adapter-enabled policy.")
+def eval_metrics_frozen(data: RunData) -> list[Finding]:
+    evals = data.split_steps("eval")
+    columns = [c for c in EVAL_FROZEN_COLUMNS if c in evals.columns]
+    if evals.height < 2 or len(columns) < 2:
+        raise Skip("needs two evaluations with at least two metrics")
+    train = data.split_steps("train")
+    frozen_pairs = []
+    for before, after in zip(evals.iter_rows(named=True), evals.slice(1).iter_rows(named=True)):
+        same = all(before[c] == after[c] for c in columns if before[c] is not None
+                   and not (isinstance(before[c], float) and math.isnan(before[c])))
+        between = train.filter((pl.col("step") > before["step"]) & (pl.col("step") <= after["step"]))
+        moved = "loss" in between.columns and between.get_column("loss").n_unique() > 1
+        if same and moved:
+            frozen_pairs.append((before["step"], after["step"]))
+    if not frozen_pairs:
+        return []
+    return [data.finding(
+        "eval-metrics-frozen", "Eval metrics do not change between evaluations",
+        f"{len(frozen_pairs)} pair(s) of consecutive evaluations report bit-identical "
+        f"{', '.join(columns)} (first at steps {frozen_pairs[0][0]} and {frozen_pairs[0][1]}) "
+        "while the train loss moved: the evaluated model is not the one being trained.",
+        split="eval", step=int(frozen_pairs[0][1]), evidence={"frozen": frozen_pairs[:10], "columns": columns})]
+
+
+def first_record_before_update(data: RunData) -> pl.DataFrame | None:
+    """The first record that was computed before any update, or None.
+
+    An evaluation at step 0 always is. A train record is when it is logged at step 0 or 1 (the
+    loss logged at step 1 comes from the forward pass before the first update) and covers one
+    step, i.e. the next train record is at the following step or the log reduces single steps.
+    """
+    if any("has no step key" in note for note in data.run.notes):
+        return None  # counted records say nothing about which update a record follows
+    evals = data.split_steps("eval").filter(pl.col("step") == 0)
+    if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
+        return evals.head(1)
+    train = data.split_steps("train")
+    if train.height < 2 or "loss" not in train.columns:
+        return None
+    first, second = int(train["step"][0]), int(train["step"][1])
+    single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
+    if first <= 1 and (second == first + 1 or single):
+        return train.head(1)
+    return None
+
+
+def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
+    """The loss at zero margin for the run's loss type, the loss type and where it comes from."""
+    loss_type, source = data.loss_type_for_checks(allow_default=False)
+    spec = LOSSES.get(loss_type or "")
+    if spec is None or spec.zero_margin is None:
+        return None
+    beta = data.run.meta.beta
+    if beta is None and loss_type in ("ipo", "sppo_hard"):
+        return None
+    return spec.zero_margin(beta or 0.1, data.run.meta.label_smoothing), loss_type, source
+
+
+def first_record_check(data: RunData) -> tuple[dict, bool] | None:
+    """Compare the first record before any update with the zero-margin loss.
+
+    Returns the evidence and whether the rewards there are ~0 (policy equals reference, so a
+    wrong loss is a scale problem), or None when the first record agrees with the zero-margin value.
+    """
+    require_reference_loss(data)
+    config = data.run.meta.trainer_config
+    for setting in ("use_weighting", "ld_alpha", "rpo_alpha"):
+        if config.get(setting):
+            raise Skip(f"{setting} changes the loss before any update")
+    expected = zero_margin_value(data)
+    if expected is None:
+        raise Skip("the loss type is not declared, has no zero-margin value, or needs beta")
+    record = first_record_before_update(data)
+    if record is None:
+        raise Skip("no record was computed before the first update (log at step 1, or evaluate at step 0)")
+    value, loss_type, source = expected
+    loss = float(record["loss"][0])
+    # 1% covers bf16 (ln 2 logs as 0.6914-0.6934) and 4-decimal rounding.
+    if not math.isfinite(loss) or abs(loss - value) <= max(0.01 * value, 1e-3):
+        return None
+    rewards = [float(record[c][0]) for c in ("rewards_chosen", "rewards_rejected")
+               if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
+    evidence = {"first_loss": loss, "zero_margin_loss": value, "loss_type": loss_type,
+                "loss_type_source": source, "split": record["split"][0], "step": int(record["step"][0]),
+                "ratio": loss / value if value else None}
+    if rewards:
+        evidence["first_rewards"] = rewards
+        if _ratios_within_numerics(data, record, rewards):
+            return None
+    return evidence, bool(rewards) and max(abs(r) for r in rewards) < 1e-3
+
+
+def _ratios_within_numerics(data: RunData, record: pl.DataFrame, rewards: list[float]) -> bool:
+    """True when rewards/beta, the mean log-ratios, are within 1% of the log-probs (bf16 noise),
+    the tolerance the pair-level step-0 check uses."""
+    beta = data.run.meta.beta or 0.1
+    if data.dialect is not None and not data.dialect.rewards_beta_scaled:
+        beta = 1.0
+    logps = [abs(float(record[c][0])) for c in ("logps_chosen", "logps_rejected")
+             if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
+    if not logps:
+        return False
+    return max(abs(r) / beta for r in rewards) <= max(0.05, 0.01 * min(logps))
