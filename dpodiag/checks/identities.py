@@ -190,26 +190,23 @@ def eval_metrics_frozen(data: RunData) -> list[Finding]:
         split="eval", step=int(frozen_pairs[0][1]), evidence={"frozen": frozen_pairs[:10], "columns": columns})]
 
 
-def first_record_before_update(data: RunData) -> pl.DataFrame | None:
-    """The first record that was computed before any update, or None.
-
-    An evaluation at step 0 always is. A train record is when it is logged at step 0 or 1 (the
-    loss logged at step 1 comes from the forward pass before the first update) and covers one
-    step, i.e. the next train record is at the following step or the log reduces single steps.
-    """
+def records_before_update(data: RunData) -> list[pl.DataFrame]:
+    """The records computed before any update: an evaluation at step 0, and the first train
+    record when it is logged at step 0 or 1 (the loss logged at step 1 comes from the forward
+    pass before the first update) and covers that one step only."""
     if any("has no step key" in note for note in data.run.notes):
-        return None  # counted records say nothing about which update a record follows
+        return []  # counted records say nothing about which update a record follows
+    records = []
     evals = data.split_steps("eval").filter(pl.col("step") == 0)
     if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
-        return evals.head(1)
+        records.append(evals.head(1))
     train = data.split_steps("train")
-    if train.height < 2 or "loss" not in train.columns:
-        return None
-    first, second = int(train["step"][0]), int(train["step"][1])
-    single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
-    if first <= 1 and (second == first + 1 or single):
-        return train.head(1)
-    return None
+    if train.height >= 2 and "loss" in train.columns:
+        first, second = int(train["step"][0]), int(train["step"][1])
+        single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
+        if first <= 1 and (second == first + 1 or single):
+            records.append(train.head(1))
+    return records
 
 
 def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
@@ -225,10 +222,10 @@ def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
 
 
 def first_record_check(data: RunData) -> tuple[dict, bool] | None:
-    """Compare the first record before any update with the zero-margin loss.
+    """Compare the records before any update with the zero-margin loss.
 
-    Returns the evidence and whether the rewards there are ~0 (policy equals reference, so a
-    wrong loss is a scale problem), or None when the first record agrees with the zero-margin value.
+    Returns the evidence of the first record that disagrees and whether its rewards are ~0
+    (policy equals reference), or None when every such record agrees.
     """
     require_reference_loss(data)
     config = data.run.meta.trainer_config
@@ -238,10 +235,18 @@ def first_record_check(data: RunData) -> tuple[dict, bool] | None:
     expected = zero_margin_value(data)
     if expected is None:
         raise Skip("the loss type is not declared, has no zero-margin value, or needs beta")
-    record = first_record_before_update(data)
-    if record is None:
+    records = records_before_update(data)
+    if not records:
         raise Skip("no record was computed before the first update (log at step 1, or evaluate at step 0)")
-    value, loss_type, source = expected
+    for record in records:
+        result = _compare_first_record(data, record, *expected)
+        if result is not None:
+            return result
+    return None
+
+
+def _compare_first_record(data: RunData, record: pl.DataFrame, value: float, loss_type: str,
+                          source: str) -> tuple[dict, bool] | None:
     loss = float(record["loss"][0])
     # 1% covers bf16 (ln 2 logs as 0.6914-0.6934) and 4-decimal rounding.
     if not math.isfinite(loss) or abs(loss - value) <= max(0.01 * value, 1e-3):
@@ -253,9 +258,9 @@ def first_record_check(data: RunData) -> tuple[dict, bool] | None:
                 "ratio": loss / value if value else None}
     if rewards:
         evidence["first_rewards"] = rewards
-        if _ratios_within_numerics(data, record, rewards):
-            return None
-    return evidence, bool(rewards) and max(abs(r) for r in rewards) < 1e-3
+    # Rewards within numerics of 0 mean policy and reference agree: a wrong loss is then the
+    # loss's own fault (scale, variant), not the reference's.
+    return evidence, bool(rewards) and _ratios_within_numerics(data, record, rewards)
 
 
 def _ratios_within_numerics(data: RunData, record: pl.DataFrame, rewards: list[float]) -> bool:

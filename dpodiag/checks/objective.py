@@ -8,6 +8,7 @@ from dpodiag.checks.base import Finding, RunData, Skip, check, require_pairs, re
 from dpodiag.checks.identities import first_record_check
 from dpodiag.checks.reference import eval_identity, eval_identity_holds
 from dpodiag.compute.identify import Identification, identify
+from dpodiag.compute.losses import LOSSES
 
 # Minimum train steps for a trend, and the share of steps in each end window.
 MIN_TREND_STEPS = 5
@@ -181,11 +182,13 @@ def loss_scale_mismatch(data: RunData) -> list[Finding]:
                                "scaled_rmse": fit.rmse, "splits": splits})]
 
 
-@check("loss-type-mismatch", "error", ("pairs",),
+@check("loss-type-mismatch", "error", ("pairs", "steps"),
        meaning="The logged loss matches another loss variant far better than the declared one.",
        causes="The configured loss_type was ignored or overridden, or the wrong name was recorded.",
        fix="Check which loss the trainer really computes and record that loss_type.")
 def loss_type_mismatch(data: RunData) -> list[Finding]:
+    if data.pairs is None:
+        return _loss_type_at_first_record(data)
     hits = {}
     for split, ident in identifications(data).items():
         if not _declared_fails(ident) or _explained_by_declared_family(ident):
@@ -234,12 +237,45 @@ def loss_mismatch(data: RunData) -> list[Finding]:
                                "best_variant_rmse": best.rmse if best else None, "splits": splits})]
 
 
+def other_zero_margin_match(data: RunData, evidence: dict) -> tuple[str, float] | None:
+    """Another loss variant whose zero-margin value (at the run's beta) is the first loss, within 1%."""
+    beta = data.run.meta.beta or 0.1
+    for name, spec in LOSSES.items():
+        if name == evidence["loss_type"] or spec.zero_margin is None:
+            continue
+        value = spec.zero_margin(beta, data.run.meta.label_smoothing)
+        if abs(evidence["first_loss"] - value) <= 0.01 * value:
+            return name, value
+    return None
+
+
+def _loss_type_at_first_record(data: RunData) -> list[Finding]:
+    """Step logs: before any update the loss is another variant's zero-margin value."""
+    result = first_record_check(data)
+    if result is None:
+        return []
+    evidence, rewards_zero = result
+    match = other_zero_margin_match(data, evidence)
+    if match is None or not (rewards_zero or "first_rewards" not in evidence):
+        return []
+    name, value = match
+    return [data.finding(
+        "loss-type-mismatch", f"The first logged loss is {name}'s zero-margin value",
+        f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}, which is "
+        f"the zero-margin value of {name} ({value:.4g}), not of the recorded "
+        f"{evidence['loss_type']} ({evidence['zero_margin_loss']:.4g}). The trainer computed "
+        f"{name}.", split=evidence["split"], step=evidence["step"],
+        evidence={**evidence, "matching_loss_type": name, "matching_value": value})]
+
+
 def _scale_at_first_record(data: RunData) -> list[Finding]:
     """Step logs: rewards 0 before any update, yet the loss is k x its zero-margin value."""
     result = first_record_check(data)
     if result is None:
         return []
     evidence, rewards_zero = result
+    if other_zero_margin_match(data, evidence) is not None:
+        return []  # another loss variant explains the value: loss-type-mismatch reports it
     ratio = evidence["ratio"]
     near_integer = ratio and (abs(ratio - round(ratio)) < 0.02 or abs(1 / ratio - round(1 / ratio)) < 0.02)
     if not (rewards_zero or ("first_rewards" not in evidence and near_integer)):

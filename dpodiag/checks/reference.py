@@ -306,6 +306,9 @@ def _first_record_not_initial(data: RunData) -> list[Finding]:
     near_integer = abs(ratio - round(ratio)) < 0.02 or (ratio and abs(1 / ratio - round(1 / ratio)) < 0.02)
     if "first_rewards" not in evidence and near_integer:
         return []
+    from dpodiag.checks.objective import other_zero_margin_match
+    if "first_rewards" not in evidence and other_zero_margin_match(data, evidence) is not None:
+        return []
     return [data.finding(
         "reference-not-initial-policy", "The first loss is not the zero-margin value",
         f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}; with the "

@@ -38,8 +38,8 @@ def step_aggregates(pairs: pl.DataFrame) -> pl.DataFrame:
         (pl.col("beta_used") * pl.col("rejected_logratio")).filter(pl.col("rejected_logratio").is_finite())
         .mean().alias("rewards_rejected"),
         _mean("margin", "rewards_margins"),
-        # Polars orders NaN above every number, so a comparison alone would count NaN as a win.
-        (pl.col("margin").is_finite() & (pl.col("margin") > 0)).mean().alias("rewards_accuracies"),
+        # Over finite margins only (null when none), so a NaN step shows as a gap, not a collapse.
+        (pl.col("margin").filter(pl.col("margin").is_finite()) > 0).mean().alias("rewards_accuracies"),
         _mean("chosen_logratio", "logratio_chosen"),
         _mean("rejected_logratio", "logratio_rejected"),
         _mean("loss_recomputed"),
