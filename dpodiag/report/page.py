@@ -62,6 +62,8 @@ def render_html(diagnosis, title: str | None = None) -> str:
     runs = diagnosis.runs
     charts = build_charts(runs)
     names = ", ".join(data.name for data in runs)
+    if len(runs) > 3:
+        names = f"{len(runs)} runs"
     context = {
         "title": title or f"dpodiag report: {names}",
         "version": __version__,

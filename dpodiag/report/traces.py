@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-# Okabe–Ito colours, distinguishable with the common colour-vision deficiencies.
-RUN_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+# Okabe–Ito colours, distinguishable with the common colour-vision deficiencies, then Paul
+# Tol's muted scheme for runs 8-15; colours repeat only from the 16th run.
+RUN_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+               "#882255", "#44AA99", "#999933", "#AA4499", "#117733", "#661100", "#6699CC", "#888888"]
 # Points kept per series; charts are about 400-1100 px wide, so more would not show.
 MAX_POINTS = 240
 SPLIT_DASH = {"train": "solid", "eval": "dash"}
