@@ -132,6 +132,9 @@ class Run:
     """Canonical column -> the name it had in the input."""
     notes: list[str] = field(default_factory=list)
     """Rows dropped, values repaired and other things the reader did to the input."""
+    step_source: str = "logged"
+    """"logged" when steps come from the input, "counted" when the reader numbered records
+    because the input has no step key (so step 1 need not be the first optimizer step)."""
 
     @property
     def splits(self) -> list[str]:

@@ -194,14 +194,16 @@ def records_before_update(data: RunData) -> list[pl.DataFrame]:
     """The records computed before any update: an evaluation at step 0, and the first train
     record when it is logged at step 0 or 1 (the loss logged at step 1 comes from the forward
     pass before the first update) and covers that one step only."""
-    if any("has no step key" in note for note in data.run.notes):
+    if data.run.step_source == "counted":
         return []  # counted records say nothing about which update a record follows
     records = []
     evals = data.split_steps("eval").filter(pl.col("step") == 0)
     if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
         records.append(evals.head(1))
     train = data.split_steps("train")
-    if train.height >= 2 and "loss" in train.columns:
+    config = data.run.meta.trainer_config
+    windowed = (config.get("logging_steps") or 1) > 1 and not config.get("logging_first_step")
+    if train.height >= 2 and "loss" in train.columns and not windowed:
         first, second = int(train["step"][0]), int(train["step"][1])
         single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
         if first <= 1 and (second == first + 1 or single):

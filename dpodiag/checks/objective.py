@@ -268,6 +268,15 @@ def _loss_type_at_first_record(data: RunData) -> list[Finding]:
         evidence={**evidence, "matching_loss_type": name, "matching_value": value})]
 
 
+def scale_factor_like(ratio: float | None) -> bool:
+    """True for k or 1/k with an integer k >= 2 (within 2%): the factors that gradient
+    accumulation and sum-versus-mean reductions produce."""
+    if not ratio or ratio <= 0:
+        return False
+    k = ratio if ratio > 1 else 1 / ratio
+    return round(k) >= 2 and abs(k - round(k)) <= 0.02 * k
+
+
 def _scale_at_first_record(data: RunData) -> list[Finding]:
     """Step logs: rewards 0 before any update, yet the loss is k x its zero-margin value."""
     result = first_record_check(data)
@@ -277,8 +286,7 @@ def _scale_at_first_record(data: RunData) -> list[Finding]:
     if other_zero_margin_match(data, evidence) is not None:
         return []  # another loss variant explains the value: loss-type-mismatch reports it
     ratio = evidence["ratio"]
-    near_integer = ratio and (abs(ratio - round(ratio)) < 0.02 or abs(1 / ratio - round(1 / ratio)) < 0.02)
-    if not (rewards_zero or ("first_rewards" not in evidence and near_integer)):
+    if not ((rewards_zero or "first_rewards" not in evidence) and scale_factor_like(ratio)):
         return []
     return [data.finding(
         "loss-scale-mismatch", f"The first logged loss is {ratio:.3g} x its zero-margin value",

@@ -302,13 +302,10 @@ def _first_record_not_initial(data: RunData) -> list[Finding]:
     evidence, rewards_zero = result
     if rewards_zero:
         return []  # policy equals reference, so a wrong loss is loss-scale-mismatch's to report
-    ratio = evidence["ratio"] or 0
-    near_integer = abs(ratio - round(ratio)) < 0.02 or (ratio and abs(1 / ratio - round(1 / ratio)) < 0.02)
-    if "first_rewards" not in evidence and near_integer:
-        return []
-    from dpodiag.checks.objective import other_zero_margin_match
-    if "first_rewards" not in evidence and other_zero_margin_match(data, evidence) is not None:
-        return []
+    from dpodiag.checks.objective import other_zero_margin_match, scale_factor_like
+    if "first_rewards" not in evidence and (scale_factor_like(evidence["ratio"])
+                                            or other_zero_margin_match(data, evidence) is not None):
+        return []  # without rewards, a scaled loss or another loss variant explains it as well
     return [data.finding(
         "reference-not-initial-policy", "The first loss is not the zero-margin value",
         f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}; with the "

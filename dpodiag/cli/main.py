@@ -9,6 +9,8 @@ import click
 
 from dpodiag import __version__
 from dpodiag.cli.check import check_command
+from dpodiag.cli.convert import convert_command
+from dpodiag.cli.inspect import inspect_command
 from dpodiag.cli.report import report_command
 from dpodiag.errors import DpodiagError
 
@@ -21,6 +23,8 @@ def cli():
 
 cli.add_command(check_command)
 cli.add_command(report_command)
+cli.add_command(inspect_command)
+cli.add_command(convert_command)
 
 
 def main(argv: list[str] | None = None) -> None:

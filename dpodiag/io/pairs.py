@@ -83,10 +83,15 @@ def check_required(path: Path, mapping: dict[str, str]) -> None:
                          "add the policy log-probs or the log-ratios, or map them with --column")
 
 
-def scan_table(path: Path, fmt: str, mapping: dict[str, str]) -> pl.LazyFrame:
-    """Lazily scan only the mapped columns, renamed to their canonical names."""
+def scan_table(path: Path | list[Path], fmt: str, mapping: dict[str, str]) -> pl.LazyFrame:
+    """Lazily scan only the mapped columns, renamed to their canonical names.
+
+    A list of parquet files is scanned as one table; a column missing from some files is null there.
+    """
     columns = list(mapping.values())
-    if fmt == "parquet":
+    if fmt == "parquet" and isinstance(path, list):
+        frame = pl.scan_parquet(path, missing_columns="insert")
+    elif fmt == "parquet":
         frame = pl.scan_parquet(path)
     elif fmt == "arrow":
         frame = pl.scan_ipc(path)
@@ -140,21 +145,26 @@ def normalise_splits(frame: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
 
 
 def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
-                  flags: dict | None = None, run_name: str | None = None) -> list[Run]:
+                  flags: dict | None = None, run_name: str | None = None,
+                  shards: list[Path] | None = None) -> list[Run]:
     """Read a pair log into one Run per run name found in it.
+
+    `shards` are parquet files of one run read as one table in place of `path`, which is then
+    their folder. The first shard's columns and metadata apply to all of them.
 
     Raises:
         InputError: the file cannot be read, or a required column is missing or invalid.
         NoDataError: the table has no rows.
     """
-    fmt = pair_format(path) or "parquet"
-    names, key_value = read_columns(path, fmt)
+    first = shards[0] if shards else path
+    fmt = pair_format(first) or "parquet"
+    names, key_value = read_columns(first, fmt)
     mapping = map_columns(path, names, column_map)
     check_required(path, mapping)
 
     # Read the mapped columns and give them their canonical types.
     try:
-        raw = scan_table(path, fmt, mapping).collect()
+        raw = scan_table(shards or path, fmt, mapping).collect()
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
         raise InputError(path, f"cannot read the {fmt} table ({_first_line(exc)})",
                          f"check that it is a complete {fmt} file") from None
@@ -169,7 +179,7 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
                          "give every row its optimizer step")
 
     # One Run per run name; the file's stem names a file with a single run.
-    file_meta = read_parquet_meta(path, key_value) if fmt == "parquet" else {}
+    file_meta = read_parquet_meta(first, key_value) if fmt == "parquet" else {}
     default_name = run_name or _stem(path)
     if "run" not in frame.columns:
         frame = frame.with_columns(pl.lit(default_name).alias("run"))

@@ -56,6 +56,10 @@ def reference_loss(name, rw, rl, c, r, lw, ll, beta, eps, gamma):
         return softplus(-(beta * (c / lw - r / ll) - gamma))
     if name == "cpo":
         return (1 - eps) * softplus(-beta * (c - r)) + eps * softplus(beta * (c - r))
+    if name == "orpo":
+        cb, rb = c / lw, r / ll
+        log_odds = (cb - rb) - (math.log(1 - math.exp(cb)) - math.log(1 - math.exp(rb)))
+        return -cb + beta * softplus(-log_odds)
     raise AssertionError(f"no reference for {name}")
 
 

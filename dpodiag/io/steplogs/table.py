@@ -112,7 +112,8 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     table = _finish(table, name)
     meta = run_meta(raw.meta, chosen, table, notes)
     return Run(name=name, source=str(path), level="steps", table=table, meta=meta,
-               format=raw.format, dialect=chosen.name, column_mapping=plan.mapping, notes=notes)
+               format=raw.format, dialect=chosen.name, column_mapping=plan.mapping, notes=notes,
+               step_source="logged" if plan.step_keys else "counted")
 
 
 @dataclass

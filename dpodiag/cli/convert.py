@@ -1,0 +1,26 @@
+"""`dpodiag convert`: normalise any supported input to the canonical pair or step table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dpodiag.cli.options import run_options
+
+
+@click.command("convert")
+@click.argument("run", metavar="RUN")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Parquet file to write.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@run_options
+def convert_command(run, output, force, load_options, device):
+    """Write RUN as one canonical parquet table, with its metadata under the key "dpodiag"."""
+    from dpodiag.conversion import write_canonical
+    from dpodiag.pipeline import load
+
+    runs = load([run], **load_options)
+    written = write_canonical(runs, output, force=force)
+    rows = sum(r.table.height for r in runs)
+    click.echo(f"wrote {written}: {len(runs)} run(s), {rows} {runs[0].level} rows")
