@@ -129,3 +129,13 @@ def test_empty_table(tmp_path, frame):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_runs(tmp_path / "absent.parquet")
+
+
+def test_formats_doc_is_current():
+    from pathlib import Path
+
+    from dpodiag.io.catalogue import formats_markdown
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
+    assert page.read_text() == formats_markdown(), (
+        "docs/formats.md is stale: run python -m dpodiag.io.catalogue > docs/formats.md")
