@@ -144,8 +144,32 @@ def last_eval(steps: pl.DataFrame, column: str) -> float | None:
     return float(values[-1]) if values.len() else None
 
 
+# How a logged value averages pairs, by dialect reduction. Values of different classes are not
+# comparable: a mean over a logging window is far less noisy than one micro-batch.
+REDUCTION_CLASS = {"window-mean": "mean over all pairs of the logged steps",
+                   "per-evaluation": "mean over all pairs of the logged steps",
+                   "rank-local-window-mean": "mean over one device's pairs",
+                   "last-micro-batch": "one micro-batch per logged step",
+                   "single-step": "one step per logged step"}
+
+
+def reduction_class(data: RunData) -> str:
+    """What one logged value of the run averages: all of a step's pairs, one device, one micro-batch."""
+    if data.pairs is not None:
+        return "mean over all pairs of the logged steps"
+    dialect = data.dialect
+    return REDUCTION_CLASS.get(dialect.reduction if dialect else "window-mean",
+                               "mean over all pairs of the logged steps")
+
+
 def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[str, Any]]:
-    """Build one row per compared figure: its label, and per run the value and the delta to run 1."""
+    """Build one row per compared figure: its label, and per run the value and the delta to run 1.
+
+    A run whose logged values average pairs differently from run 1 gets no deltas on the metric
+    rows, but a "not comparable" mark.
+    """
+    classes = [reduction_class(d) for d in runs]
+    comparable = [cls == classes[0] for cls in classes]
     figures: list[tuple[str, list[float | int | None]]] = []
     train_steps = [d.steps.filter(pl.col("split") == "train").height if "split" in d.steps.columns
                    else d.steps.height for d in runs]
@@ -159,8 +183,9 @@ def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[s
         figures.append((f"{severity}s", [sum(1 for f in findings if f.run == d.name and f.severity == severity)
                                          for d in runs]))
 
-    # Figures that no run has are left out; deltas need both values.
-    rows = []
+    # Figures that no run has are left out; deltas need both values and the same reduction.
+    metric_labels = {label for _, label in (*END_OF_TRAINING, *LAST_EVAL)}
+    rows = [{"label": "one logged value is", "cells": [{"value": cls, "delta": None} for cls in classes]}]
     for label, values in figures:
         if all(value is None for value in values):
             continue
@@ -169,9 +194,10 @@ def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[s
         for index, value in enumerate(values):
             delta = None
             if index and value is not None and base is not None:
-                delta = value - base
-            cells.append({"value": format_number(value),
-                          "delta": None if delta is None else _signed(delta)})
+                delta = _signed(value - base)
+                if label in metric_labels and not comparable[index]:
+                    delta = "not comparable"
+            cells.append({"value": format_number(value), "delta": delta})
         rows.append({"label": label, "cells": cells})
     return rows
 

@@ -1,0 +1,1 @@
+"""Adapters that record per-pair logs from training frameworks (optional extras)."""
