@@ -35,4 +35,4 @@ class NoDataError(InputError):
 
 
 class OutputError(DpodiagError):
-    """An output file that cannot be written (exists without --force, folder missing, ...)."""
+    """An output file that cannot be written (exists without --force, folder not creatable, disk full, ...)."""

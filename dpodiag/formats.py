@@ -41,10 +41,14 @@ def _run_line(summary: dict) -> str:
 
 
 def to_text(diagnosis: Diagnosis, verbose: bool = False, width: int = 100) -> str:
-    """Findings grouped by run, errors first; info findings only when `verbose`."""
+    """Findings grouped by run, errors first; info findings and the reader's notes (rows
+    dropped, values repaired, a log cut off mid-write) only when `verbose`."""
     lines: list[str] = []
     for data in diagnosis.runs:
         lines.append(_run_line(run_summary(data.run)))
+        for note in data.run.notes if verbose else []:
+            lines.extend(textwrap.wrap(note, width=width, initial_indent="  note    ",
+                                       subsequent_indent=" " * 10))
         shown = [f for f in diagnosis.findings if f.run == data.name
                  and (verbose or f.severity != "info")]
         if not shown:

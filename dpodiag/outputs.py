@@ -3,42 +3,64 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from dpodiag.errors import OutputError
 
 
+def check_output(path: str | Path, *, force: bool = False) -> Path:
+    """Raise the OutputError that writing to `path` would raise before any data is written.
+
+    Commands call it before a long computation, so that an existing file is reported at once.
+
+    Raises:
+        OutputError: `path` exists and `force` is false, is a folder, or sits below a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    if path.exists() and not force:
+        raise OutputError(f"{path}: file exists; pass --force to overwrite it or choose another name")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"{path}: {folder} is a file, not a folder; choose another output path")
+            break
+    return path
+
+
 def write_atomic(path: str | Path, data: bytes, *, force: bool = False) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename.
 
-    An interrupted write leaves no partial file at `path`.
+    A missing folder is created. An exception during the write (KeyboardInterrupt included;
+    the CLI turns SIGTERM into one) leaves `path` as it was and removes the temporary file. A
+    process killed outright (SIGKILL, power loss) may leave a hidden `.NAME.*.tmp` file beside
+    `path`, but `path` itself is never partly written.
 
     Raises:
-        OutputError: `path` exists and `force` is false, or its folder cannot be written.
+        OutputError: `path` exists and `force` is false, is a folder, or cannot be written.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputError(f"{path}: file exists; pass --force to overwrite it or choose another name")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name")
+    path = check_output(path, force=force)
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write to folder {folder} ({exc.strerror})") from None
+        raise OutputError(f"{path}: cannot create folder {folder} ({exc.strerror}); "
+                          "choose a folder you can write to") from None
+    temporary = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        with os.fdopen(handle, "wb") as stream:
+        # The name is fixed before the file exists, so an exception at any point up to the
+        # rename (KeyboardInterrupt included) reaches the cleanup below with the file named.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        # mkstemp creates the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the file ({exc.strerror}); free space or choose "
+                          "a folder you can write to") from None
+    finally:
+        temporary.unlink(missing_ok=True)
     return path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dpodiag.checks import data, dynamics, identities, inference, objective, reference  # noqa: F401,E501  (registration)
+from dpodiag.checks import (  # noqa: F401  (importing a module registers its checks)
+    dynamics, identities, inference, objective, reference, values,
+)
 from dpodiag.checks.base import REGISTRY, SEVERITIES, CheckSpec, Finding, RunData, Skip
 
 

@@ -11,6 +11,9 @@ from dpodiag.compute.losses import LOSSES, LossSpec
 from dpodiag.schema import Run
 
 SEVERITIES = ("error", "warning", "info")
+# Minimum train records for a trend, and the share of records in each end window.
+MIN_TREND_STEPS = 5
+END_WINDOW = 0.2
 
 
 @dataclass
@@ -153,3 +156,9 @@ def require_steps(data: RunData, split: str, columns: list[str], minimum: int) -
     if rows.height < minimum:
         raise Skip(f"needs at least {minimum} {split} records with {', '.join(columns)}")
     return rows
+
+
+def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The first and last END_WINDOW share of a step-sorted table (at least one row each)."""
+    size = max(1, int(round(frame.height * END_WINDOW)))
+    return frame.head(size), frame.tail(size)

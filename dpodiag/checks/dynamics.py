@@ -8,8 +8,15 @@ import math
 import numpy as np
 import polars as pl
 
-from dpodiag.checks.base import Finding, RunData, Skip, check, require_steps
-from dpodiag.checks.objective import MIN_TREND_STEPS, end_windows
+from dpodiag.checks.base import (
+    MIN_TREND_STEPS,
+    Finding,
+    RunData,
+    Skip,
+    check,
+    end_windows,
+    require_steps,
+)
 from dpodiag.checks.reference import policy_movement
 
 # A pair whose gradient weight sigma(-m) is below this contributes almost nothing; the weight

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import polars as pl
 
-from dpodiag.checks.base import Finding, RunData, Skip, check, require_reference_loss, require_steps
-from dpodiag.compute.losses import LN2, LOSSES
+from dpodiag.checks.base import Finding, RunData, Skip, check, require_steps
 
 # Losses g(beta*h) with g convex whose logged margin is the quantity inside g, so that
 # mean loss >= g(mean margin) (Jensen) and every pair with margin <= 0 costs at least g(0).
@@ -188,91 +187,3 @@ def eval_metrics_frozen(data: RunData) -> list[Finding]:
         f"{', '.join(columns)} (first at steps {frozen_pairs[0][0]} and {frozen_pairs[0][1]}) "
         "while the train loss moved: the evaluated model is not the one being trained.",
         split="eval", step=int(frozen_pairs[0][1]), evidence={"frozen": frozen_pairs[:10], "columns": columns})]
-
-
-def records_before_update(data: RunData) -> list[pl.DataFrame]:
-    """The records computed before any update: an evaluation at step 0, and the first train
-    record when it is logged at step 0 or 1 (the loss logged at step 1 comes from the forward
-    pass before the first update) and covers that one step only."""
-    if data.run.step_source == "counted":
-        return []  # counted records say nothing about which update a record follows
-    records = []
-    evals = data.split_steps("eval").filter(pl.col("step") == 0)
-    if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
-        records.append(evals.head(1))
-    train = data.split_steps("train")
-    config = data.run.meta.trainer_config
-    windowed = (config.get("logging_steps") or 1) > 1 and not config.get("logging_first_step")
-    if train.height >= 2 and "loss" in train.columns and not windowed:
-        first, second = int(train["step"][0]), int(train["step"][1])
-        single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
-        if first <= 1 and (second == first + 1 or single):
-            records.append(train.head(1))
-    return records
-
-
-def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
-    """The loss at zero margin for the run's loss type, the loss type and where it comes from."""
-    loss_type, source = data.loss_type_for_checks(allow_default=False)
-    spec = LOSSES.get(loss_type or "")
-    if spec is None or spec.zero_margin is None:
-        return None
-    beta = data.run.meta.beta
-    if beta is None and loss_type in ("ipo", "sppo_hard"):
-        return None
-    return spec.zero_margin(beta or 0.1, data.run.meta.label_smoothing), loss_type, source
-
-
-def first_record_check(data: RunData) -> tuple[dict, bool] | None:
-    """Compare the records before any update with the zero-margin loss.
-
-    Returns the evidence of the first record that disagrees and whether its rewards are ~0
-    (policy equals reference), or None when every such record agrees.
-    """
-    require_reference_loss(data)
-    config = data.run.meta.trainer_config
-    for setting in ("use_weighting", "ld_alpha", "rpo_alpha"):
-        if config.get(setting):
-            raise Skip(f"{setting} changes the loss before any update")
-    expected = zero_margin_value(data)
-    if expected is None:
-        raise Skip("the loss type is not declared, has no zero-margin value, or needs beta")
-    records = records_before_update(data)
-    if not records:
-        raise Skip("no record was computed before the first update (log at step 1, or evaluate at step 0)")
-    for record in records:
-        result = _compare_first_record(data, record, *expected)
-        if result is not None:
-            return result
-    return None
-
-
-def _compare_first_record(data: RunData, record: pl.DataFrame, value: float, loss_type: str,
-                          source: str) -> tuple[dict, bool] | None:
-    loss = float(record["loss"][0])
-    # 1% covers bf16 (ln 2 logs as 0.6914-0.6934) and 4-decimal rounding.
-    if not math.isfinite(loss) or abs(loss - value) <= max(0.01 * value, 1e-3):
-        return None
-    rewards = [float(record[c][0]) for c in ("rewards_chosen", "rewards_rejected")
-               if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
-    evidence = {"first_loss": loss, "zero_margin_loss": value, "loss_type": loss_type,
-                "loss_type_source": source, "split": record["split"][0], "step": int(record["step"][0]),
-                "ratio": loss / value if value else None}
-    if rewards:
-        evidence["first_rewards"] = rewards
-    # Rewards within numerics of 0 mean policy and reference agree: a wrong loss is then the
-    # loss's own fault (scale, variant), not the reference's.
-    return evidence, bool(rewards) and _ratios_within_numerics(data, record, rewards)
-
-
-def _ratios_within_numerics(data: RunData, record: pl.DataFrame, rewards: list[float]) -> bool:
-    """True when rewards/beta, the mean log-ratios, are within 1% of the log-probs (bf16 noise),
-    the tolerance the pair-level step-0 check uses."""
-    beta = data.run.meta.beta or 0.1
-    if data.dialect is not None and not data.dialect.rewards_beta_scaled:
-        beta = 1.0
-    logps = [abs(float(record[c][0])) for c in ("logps_chosen", "logps_rejected")
-             if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
-    if not logps:
-        return False
-    return max(abs(r) / beta for r in rewards) <= max(0.05, 0.01 * min(logps))

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
-from dpodiag.compute.identify import EvalIdentityFit, fit_eval_identity
-from dpodiag.checks.base import (Finding, RunData, Skip, check, require_pairs, require_reference_loss,
-                                 require_steps)
+from dpodiag.checks.base import (
+    Finding,
+    RunData,
+    Skip,
+    check,
+    require_pairs,
+    require_reference_loss,
+    require_steps,
+)
+from dpodiag.checks.eval_identity import (
+    FROZEN_RELATIVE_TOLERANCE,
+    eval_identity,
+    eval_identity_holds,
+)
+from dpodiag.checks.first_record import (
+    first_record_check,
+    other_zero_margin_match,
+    scale_factor_like,
+)
 
 # Summed log-probs computed twice from the same weights agree to float rounding; in bf16 a
 # token's log-prob carries a relative error near 2**-8, so 1% of the sequence log-prob bounds
@@ -190,9 +205,6 @@ def reference_not_initial_policy(data: RunData) -> list[Finding]:
         step=0, evidence=evidence)]
 
 
-# The same example scored twice by a frozen reference differs only by numerics; 1% of the
-# log-prob bounds bf16 noise and batch-composition effects, as at step 0.
-FROZEN_RELATIVE_TOLERANCE = 0.01
 # Share of repeatedly scored examples whose reference moved, above which the reference moves.
 MOVED_SHARE = 0.1
 
@@ -248,30 +260,6 @@ def _ratios_vanish(pairs: pl.DataFrame) -> bool:
     return float(zero.mean()) >= 0.99
 
 
-def eval_identity(data: RunData) -> EvalIdentityFit:
-    """The fit of eval rewards against eval log-probs (cached); skips where it cannot hold."""
-    if "eval_identity" not in data.cache:
-        dialect = data.dialect
-        if dialect is not None and not dialect.rewards_beta_scaled:
-            raise Skip("rewards are not beta-scaled in this dialect")
-        if dialect is not None and dialect.reference_free:
-            raise Skip("rewards are beta * policy log-probs: there is no reference to drift")
-        rows = require_steps(data, "eval", ["rewards_chosen", "logps_chosen", "rewards_rejected",
-                                            "logps_rejected"], 3)
-        data.cache["eval_identity"] = fit_eval_identity(
-            *(rows.get_column(c).to_numpy() for c in ("logps_chosen", "rewards_chosen",
-                                                      "logps_rejected", "rewards_rejected")))
-        data.cache["eval_identity_rows"] = rows.height
-    if data.cache["eval_identity"] is None:
-        raise Skip("eval rewards do not grow with eval log-probs, so beta cannot be fitted")
-    return data.cache["eval_identity"]
-
-
-def eval_identity_holds(fit: EvalIdentityFit) -> bool:
-    """True when the implied reference stays within numerics (1% of its size, at least 1e-3)."""
-    return fit.drift <= max(1e-3, FROZEN_RELATIVE_TOLERANCE * fit.scale)
-
-
 def _eval_identity_drift(data: RunData) -> list[Finding]:
     """Step logs: on a fixed eval set, logps - rewards/beta is the mean reference log-prob.
 
@@ -294,15 +282,12 @@ def _eval_identity_drift(data: RunData) -> list[Finding]:
 
 def _first_record_not_initial(data: RunData) -> list[Finding]:
     """Step logs: the first loss before any update is far from the zero-margin value."""
-    from dpodiag.checks.identities import first_record_check
-
     result = first_record_check(data)
     if result is None:
         return []
     evidence, rewards_zero = result
     if rewards_zero:
         return []  # policy equals reference, so a wrong loss is loss-scale-mismatch's to report
-    from dpodiag.checks.objective import other_zero_margin_match, scale_factor_like
     if "first_rewards" not in evidence and (scale_factor_like(evidence["ratio"])
                                             or other_zero_margin_match(data, evidence) is not None):
         return []  # without rewards, a scaled loss or another loss variant explains it as well

@@ -18,9 +18,13 @@ from dpodiag.cli.options import run_options
 @run_options
 def report_command(runs, output, force, title, load_options, device):
     """Write an HTML report of RUN... (files or folders), all runs compared on one page."""
+    from dpodiag.outputs import check_output
     from dpodiag.pipeline import diagnose, load
     from dpodiag.report import write_report
 
+    # An existing output is reported before the runs are read, not after minutes of work.
+    if output is not None:
+        check_output(output, force=force)
     diagnosis = diagnose(load(list(runs), **load_options), device=device)
     if output is None:
         output = Path("reports") / f"{diagnosis.runs[0].name}.html"

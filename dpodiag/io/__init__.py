@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dpodiag.errors import InputError
+from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
 from dpodiag.io.pairs import looks_like_pair_log, pair_format, read_pair_log
+from dpodiag.io.source import gzip_is_cut, logical_suffix, read_head, reject_other_separator, reject_utf16
 from dpodiag.schema import Run
+
+# Bytes read from the start of a file to check that it is readable, not empty and not UTF-16.
+HEAD_BYTES = 4096
 
 
 def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
@@ -25,20 +29,55 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
         raise InputError(path, "no such file or folder", "check the path")
     if path.is_dir():
         return _load_folder(path, column_map=column_map, flags=flags, dialect=dialect)
+    head = _check_file(path)
+    runs = _load_file(path, head, column_map=column_map, flags=flags, dialect=dialect,
+                      run_name=run_name)
+    if gzip_is_cut(path):
+        for run in runs:
+            run.notes.append("the gzip stream ends before its end marker (the log was still "
+                             "being written, or its writer stopped); the part before the cut "
+                             "was read")
+    return runs
+
+
+def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
+               flags: dict | None, dialect: str | None, run_name: str | None) -> list[Run]:
+    """Read one file with the reader its name and content select."""
     if path.suffix.lower() in (".parquet", ".pq") and canonical_level(path) == "steps":
         return read_canonical_steps(path, flags)
     step_reader = _step_reader()
     if pair_format(path) and (looks_like_pair_log(path, column_map) or step_reader is None
                               or not step_reader.sniff_step_log(path)):
         return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name)
-    if step_reader is not None and step_reader.sniff_step_log(path):
+    # A file that no sniffer recognises but whose name is a step-log name (train.log,
+    # trainer_state.json) goes to the step reader too, whose error names what is missing.
+    named_as_log = logical_suffix(path) in getattr(step_reader, "FALLBACK_BY_SUFFIX", {})
+    if step_reader is not None and (step_reader.sniff_step_log(path)
+                                    or (named_as_log and b"\0" not in head)):
         run = step_reader.read_step_log(path, dialect=dialect, run_name=run_name, column_map=column_map)
         from dpodiag.io.metadata import apply_metadata
         apply_metadata(run.meta, path, {}, flags)
         return [run]
-    raise InputError(path, "not a supported log format",
-                     "pass a pair log (.parquet, .csv, .jsonl) or a trainer step log; "
-                     "`dpodiag inspect` lists what is supported")
+    kind = "is a binary file in no supported format" if b"\0" in head else "is in no supported format"
+    raise InputError(path, kind, "pass a pair log (.parquet, .csv, .jsonl, also gzip-compressed) "
+                     "or a trainer step log (trainer_state.json, console output, "
+                     "trainer_log.jsonl, TensorBoard events, W&B CSV export)")
+
+
+def _check_file(path: Path) -> bytes:
+    """Return the first bytes of a file's content; raise when it cannot be read or is empty."""
+    try:
+        head = read_head(path, HEAD_BYTES)
+    except OSError as error:
+        raise InputError(path, f"cannot be opened ({error.strerror})",
+                         "check the file's permissions, or run as a user who can read it") from None
+    if not head.strip() and len(head) < HEAD_BYTES:
+        problem = "the file holds only white space" if head else "the file is empty"
+        raise NoDataError(path, problem, "pass the log once the trainer has written records to it")
+    reject_utf16(path, head)
+    if logical_suffix(path) in (".csv", ".tsv"):
+        reject_other_separator(path, head)
+    return head
 
 
 def _load_folder(path: Path, **options) -> list[Run]:

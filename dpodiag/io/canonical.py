@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpodiag.errors import InputError
@@ -18,7 +19,7 @@ def canonical_level(path: Path) -> str | None:
     try:
         raw = (pq.read_schema(path).metadata or {}).get(b"dpodiag")
         return json.loads(raw).get("level") if raw else None
-    except (OSError, ValueError, AttributeError, pq.lib.ArrowException):
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
         return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import polars as pl
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.metadata import apply_metadata, read_parquet_meta
+from dpodiag.io.source import logical_suffix, table_error, table_source
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
@@ -17,25 +19,30 @@ EVAL_SPLIT_NAMES = {"eval", "evaluation", "validation", "valid", "val", "dev", "
 
 
 def pair_format(path: Path) -> str | None:
-    """Return the table format of `path` from its suffix, or None when it is not a table."""
-    return PAIR_SUFFIXES.get(path.suffix.lower())
+    """Return the table format of `path` from its suffix (ignoring `.gz`), or None when it is not a table."""
+    return PAIR_SUFFIXES.get(logical_suffix(path))
 
 
-def read_columns(path: Path, fmt: str) -> tuple[list[str], dict]:
-    """Return the column names of the table and its parquet key-value metadata."""
+def read_columns(path: Path, fmt: str, source: Path | io.BytesIO | None = None) -> tuple[list[str], dict]:
+    """Return the column names of the table and its parquet key-value metadata.
+
+    `source` is what to read in place of `path` (see `dpodiag.io.source.table_source`).
+    """
+    source = table_source(path, fmt) if source is None else source
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         if fmt == "parquet":
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(source)
             return schema.names, dict(schema.metadata or {})
         if fmt == "arrow":
-            return list(pl.read_ipc_schema(path)), {}
+            return list(pl.read_ipc_schema(source)), {}
         if fmt == "csv":
-            separator = "\t" if path.suffix.lower() == ".tsv" else ","
-            return pl.scan_csv(path, separator=separator, infer_schema_length=0).collect_schema().names(), {}
-        return pl.scan_ndjson(path, infer_schema_length=1000).collect_schema().names(), {}
+            separator = "\t" if logical_suffix(path) == ".tsv" else ","
+            return pl.scan_csv(source, separator=separator, infer_schema_length=0).collect_schema().names(), {}
+        return pl.scan_ndjson(source, infer_schema_length=1000).collect_schema().names(), {}
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
-        raise InputError(path, f"cannot read the {fmt} table ({_first_line(exc)})",
-                         f"check that it is a complete {fmt} file") from None
+        raise table_error(path, fmt, exc) from None
 
 
 def map_columns(path: Path, names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
@@ -83,12 +90,16 @@ def check_required(path: Path, mapping: dict[str, str]) -> None:
                          "add the policy log-probs or the log-ratios, or map them with --column")
 
 
-def scan_table(path: Path | list[Path], fmt: str, mapping: dict[str, str]) -> pl.LazyFrame:
+def scan_table(path: Path | list[Path] | io.BytesIO, fmt: str, mapping: dict[str, str],
+               separator: str = ",") -> pl.LazyFrame:
     """Lazily scan only the mapped columns, renamed to their canonical names.
 
     A list of parquet files is scanned as one table; a column missing from some files is null there.
+    `separator` is the CSV field separator.
     """
     columns = list(mapping.values())
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
     if fmt == "parquet" and isinstance(path, list):
         frame = pl.scan_parquet(path, missing_columns="insert")
     elif fmt == "parquet":
@@ -96,7 +107,6 @@ def scan_table(path: Path | list[Path], fmt: str, mapping: dict[str, str]) -> pl
     elif fmt == "arrow":
         frame = pl.scan_ipc(path)
     elif fmt == "csv":
-        separator = "\t" if path.suffix.lower() == ".tsv" else ","
         frame = pl.scan_csv(path, separator=separator, infer_schema_length=0)
     else:
         frame = pl.scan_ndjson(path, infer_schema_length=None)
@@ -124,7 +134,8 @@ def cast_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl
         if bad.any():
             row = int(bad.arg_max())
             value = frame.get_column(name)[row]
-            raise InputError(path, f"column {mapping[name]!r}, row {row + 1}: expected a number, "
+            expected = "an integer that fits in 64 bits" if PAIR_COLUMNS[name] == pl.Int64 else "a number"
+            raise InputError(path, f"column {mapping[name]!r}, row {row + 1}: expected {expected}, "
                                    f"got {str(value)[:40]!r}", "fix the value or drop the row")
     return cast
 
@@ -158,20 +169,25 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     """
     first = shards[0] if shards else path
     fmt = pair_format(first) or "parquet"
-    names, key_value = read_columns(first, fmt)
+    notes: list[str] = []
+    source = table_source(first, fmt, notes)
+    names, key_value = read_columns(first, fmt, source)
     mapping = map_columns(path, names, column_map)
     check_required(path, mapping)
+    unmapped = [name for name in names if name not in mapping.values()]
+    if unmapped:
+        listed = ", ".join(unmapped[:20]) + (f" and {len(unmapped) - 20} more" if len(unmapped) > 20 else "")
+        notes.append(f"columns not read (no canonical meaning; map one with --column): {listed}")
 
     # Read the mapped columns and give them their canonical types.
+    separator = "\t" if logical_suffix(first) == ".tsv" else ","
     try:
-        raw = scan_table(shards or path, fmt, mapping).collect()
+        raw = scan_table(shards or source, fmt, mapping, separator).collect()
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
-        raise InputError(path, f"cannot read the {fmt} table ({_first_line(exc)})",
-                         f"check that it is a complete {fmt} file") from None
+        raise table_error(path, fmt, exc) from None
     if raw.height == 0:
         raise NoDataError(path, "the table has no rows", "pass a log with at least one scored pair")
     frame = cast_columns(path, raw, mapping)
-    notes: list[str] = []
     frame = normalise_splits(frame, notes)
     null_steps = frame.get_column("step").null_count()
     if null_steps:
@@ -197,8 +213,3 @@ def _stem(path: Path) -> str:
     for suffix in (".gz", ".zst"):
         name = name.removesuffix(suffix)
     return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -139,7 +139,7 @@ def test_wandb_panel_csv_with_two_runs(tmp_path):
     path = tmp_path / "panel.csv"
     path.write_text('"Step","a - train/loss","b - train/loss"\n"1","0.69","0.70"\n')
     assert read_step_log(path, run_name="b").table.item(0, "loss") == 0.70
-    with pytest.raises(InputError, match=r"contains 2 W&B runs \(a, b\); pass run_name="):
+    with pytest.raises(InputError, match=r"contains 2 W&B runs \(a, b\); export one run per file"):
         read_step_log(path)
 
 

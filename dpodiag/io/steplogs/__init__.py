@@ -19,6 +19,7 @@ from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.steplogs import (
     console, csvlogs, jsonl, jsonlogs, linelogs, rejected, sidecars, tensorboard,
 )
+from dpodiag.io.source import logical_suffix, read_head
 from dpodiag.io.steplogs.table import RawLog, build_run
 from dpodiag.schema import Run
 
@@ -61,9 +62,8 @@ def sniff_step_log(path: Path) -> str | None:
         chosen = _choose_in_folder(path)
         return chosen[1] if chosen else None
     try:
-        with path.open("rb") as handle:
-            head = handle.read(HEAD_BYTES)
-    except OSError:
+        head = read_head(path, HEAD_BYTES)
+    except (OSError, InputError):
         return None
     if not head.strip():
         return None
@@ -95,7 +95,8 @@ def read_step_log(path: Path, *, dialect: str | None = None, run_name: str | Non
     except (OSError, UnicodeError, ValueError, KeyError, TypeError, IndexError,
             pl.exceptions.PolarsError) as error:
         # A malformed file surfaces as one of these deep inside a parser.
-        raise InputError(target, f"cannot be read as {fmt} ({type(error).__name__}: {error})",
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise InputError(target, f"cannot be read as {fmt} ({type(error).__name__}: {detail})",
                          "pass the file as the trainer wrote it") from None
 
 
@@ -113,15 +114,14 @@ def _resolve(path: Path) -> tuple[Path, str, list[str]]:
         notes.append(f"read {chosen[0].relative_to(path)} from folder {path}")
         return chosen[0], chosen[1], notes
     try:
-        with path.open("rb") as handle:
-            head = handle.read(HEAD_BYTES)
+        head = read_head(path, HEAD_BYTES)
     except OSError as error:
         raise InputError(path, f"cannot be opened ({error.strerror})",
                          "check that the file is readable") from None
     if not head.strip():
         raise NoDataError(path, "the file is empty",
                           "pass a step log such as trainer_state.json or the console output")
-    fmt = sniff_step_log(path) or FALLBACK_BY_SUFFIX.get(path.suffix.lower())
+    fmt = sniff_step_log(path) or FALLBACK_BY_SUFFIX.get(logical_suffix(path))
     if fmt is None:
         raise InputError(path, "not a supported step log format",
                          "pass trainer_state.json, a log_history JSON, console output, "

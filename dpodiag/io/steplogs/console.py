@@ -19,6 +19,7 @@ from typing import Any
 
 from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
 from dpodiag.errors import NoDataError
+from dpodiag.io.source import read_text
 from dpodiag.io.steplogs.sidecars import banner_values
 from dpodiag.io.steplogs.table import RawLog, numeric_items
 
@@ -46,7 +47,7 @@ def sniff(path: Path, head: bytes) -> str | None:
 
 def read(path: Path, fmt: str = "console") -> RawLog:
     """Read every printed metrics dict of a console capture, in file order."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path)
     found, notes = extract_dicts(text)
     if not found:
         lines = text.count("\n") + 1

@@ -17,6 +17,7 @@ import polars as pl
 
 from dpodiag.dialects import STEP_KEYS, guess_canonical, split_key
 from dpodiag.errors import InputError, NoDataError
+from dpodiag.io.source import logical_suffix, read_bytes
 from dpodiag.io.steplogs.sidecars import glob_escape, run_prefix
 from dpodiag.io.steplogs.table import RawLog, is_pair_record
 
@@ -25,7 +26,7 @@ SNIFF_ROWS = 200
 
 def sniff(path: Path, head: bytes) -> str | None:
     """Return "wandb-history-csv" or "metrics-csv" for a CSV step log, else None."""
-    if path.suffix.lower() not in (".csv", ".tsv"):
+    if logical_suffix(path) not in (".csv", ".tsv"):
         return None
     try:
         frame = _parse(head[:head.rfind(b"\n") + 1] or head, path, n_rows=SNIFF_ROWS)
@@ -45,7 +46,7 @@ def sniff(path: Path, head: bytes) -> str | None:
 
 def read(path: Path, fmt: str, run_name: str | None = None) -> RawLog:
     """Read a CSV step log into a numeric frame, one row per logged step or evaluation."""
-    frame = _parse(path.read_bytes(), path)
+    frame = _parse(read_bytes(path), path)
     notes: list[str] = []
     if fmt == "wandb-history-csv":
         frame = _select_panel_run(frame, path, run_name, notes)
@@ -61,7 +62,7 @@ def read(path: Path, fmt: str, run_name: str | None = None) -> RawLog:
 
 def _parse(data: bytes, path: Path, n_rows: int | None = None) -> pl.DataFrame:
     # Every column as text first; numeric conversion happens per column afterwards.
-    separator = "\t" if path.suffix.lower() == ".tsv" else ","
+    separator = "\t" if logical_suffix(path) == ".tsv" else ","
     try:
         return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False,
                            n_rows=n_rows, truncate_ragged_lines=True)
@@ -99,7 +100,8 @@ def _select_panel_run(frame: pl.DataFrame, path: Path, run_name: str | None,
     runs = list(dict.fromkeys(c.split(" - ", 1)[0] for c in panel))
     if len(runs) > 1 and run_name not in runs:
         raise InputError(path, f"contains {len(runs)} W&B runs ({', '.join(runs[:6])})",
-                         "pass run_name= one of them, or export one run per file")
+                         "export one run per file from W&B, or read one run with "
+                         "dpodiag.load(path, run_name=NAME)")
     run = run_name if len(runs) > 1 else runs[0]
     keep = [c for c in frame.columns if " - " not in c]
     renamed = {c: c.split(" - ", 1)[1] for c in panel

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from dpodiag.errors import NoDataError
+from dpodiag.io.source import logical_suffix, read_text
 from dpodiag.io.steplogs.table import RawLog, is_pair_record, numeric_items
 
 
@@ -27,14 +28,14 @@ def sniff(path: Path, head: bytes) -> str | None:
         return None
     if not isinstance(first, dict) or is_pair_record(first):
         return None
-    if len(lines) == 1 and path.suffix != ".jsonl":
+    if len(lines) == 1 and logical_suffix(path) != ".jsonl":
         return None
     return "llamafactory-jsonl" if "current_steps" in first else "jsonl"
 
 
 def read(path: Path, fmt: str) -> RawLog:
     """Read one record per JSON line; skip a last line cut off where the file ends."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path)
     lines = text.splitlines()
     records, notes, bad = [], [], []
     dropped: set[str] = set()

@@ -9,26 +9,74 @@ them, so it is used as is.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
 from dpodiag.errors import InputError, NoDataError
+from dpodiag.io.source import read_text
 from dpodiag.io.steplogs.table import RawLog, is_pair_record, numeric_items
 
 SNIFF_PARSE_LIMIT = 1_000_000
+# Formats whose records sit in one JSON list, so that a file cut off mid-write keeps the
+# records before the cut.
+HISTORY_FORMATS = ("trainer-state", "log-history-wrapper", "log-history-array")
+_HISTORY_START = re.compile(r'"\w*log_history"\s*:\s*\[|^\s*\[')
 _KNOWN = DIALECTS["generic"].aliases
 
 
-def load_json(path: Path) -> Any:
-    """Parse a JSON file; raise InputError naming the line of the first syntax error."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+def load_json(path: Path, fmt: str | None = None) -> Any:
+    """Parse a JSON file; raise InputError naming the line of the first syntax error.
+
+    For a format in HISTORY_FORMATS, a file that ends in the middle of the document (a trainer
+    still writing it) gives a RawLog of its complete records in place of the parsed data.
+    """
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
+        if fmt in HISTORY_FORMATS and _ends_early(text, error):
+            return _cut_history(path, text, error, fmt)
         raise InputError(path, f"line {error.lineno}: invalid JSON ({error.msg})",
                          "pass the file as the trainer wrote it") from None
+
+
+def _ends_early(text: str, error: json.JSONDecodeError) -> bool:
+    # The parser ran out of text: at the end, or in a string that is never closed.
+    if error.pos >= len(text.rstrip()):
+        return True
+    return error.msg == "Unterminated string starting at" and '"' not in text[error.pos + 1:]
+
+
+def _cut_history(path: Path, text: str, error: json.JSONDecodeError, fmt: str) -> RawLog:
+    # Decode the records of the log_history list one by one, up to the cut.
+    start = _HISTORY_START.search(text)
+    if start is None:
+        raise InputError(path, f"line {error.lineno}: the JSON document ends early and holds no "
+                         "log_history list", "pass the file once the trainer has written it")
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    position = start.end()
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            break
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            break
+        items.append(item)
+    if not any(isinstance(item, Mapping) for item in items):
+        raise NoDataError(path, f"line {error.lineno}: the file is cut off before its first "
+                          "complete log_history record", "pass the file once the trainer has "
+                          "written it completely")
+    note = (f"line {error.lineno}: the file is cut off there (the trainer was still writing "
+            f"it, or stopped); the {len(items)} complete log_history records before the cut "
+            "were read")
+    return _from_dicts(path, items, fmt, [note])
 
 
 def sniff(path: Path, head: bytes) -> str | None:
@@ -36,11 +84,13 @@ def sniff(path: Path, head: bytes) -> str | None:
     text = head.lstrip()
     if text[:1] not in (b"{", b"["):
         return None
-    if path.stat().st_size <= SNIFF_PARSE_LIMIT:
+    if len(head) <= SNIFF_PARSE_LIMIT:
+        # The head is the whole file.
         try:
             return classify(json.loads(head.decode("utf-8", errors="replace")))
         except ValueError:
-            return None
+            # A trainer_state.json cut off mid-write is still one.
+            return "trainer-state" if b'"log_history"' in head else None
     if b'"log_history"' in head:
         return "trainer-state"
     if b"log_history" in head:
@@ -87,7 +137,9 @@ def _history_key(data: Mapping[str, Any]) -> str | None:
 
 def read(path: Path, fmt: str) -> RawLog:
     """Read a JSON step log of format `fmt` (one of the names `classify` returns)."""
-    data = load_json(path)
+    data = load_json(path, fmt)
+    if isinstance(data, RawLog):
+        return data
     if fmt == "json-summary" or classify(data) == "json-summary":
         keys = ", ".join(list(data)[:8]) if isinstance(data, Mapping) else ""
         raise NoDataError(path, f"contains run-level values and no per-step records (keys: {keys})",

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from dpodiag.errors import NoDataError
+from dpodiag.io.source import read_text
 from dpodiag.io.steplogs.table import RawLog
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|-?inf"
@@ -42,7 +43,7 @@ def sniff(path: Path, head: bytes) -> str | None:
 
 def read(path: Path, fmt: str) -> RawLog:
     """Read a line-format log of format `fmt` into records in file order."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path)
     parse = {"mlx-lm-console": _mlx, "torchtune-txt": _torchtune, "nemo-rl-console": _nemo}[fmt]
     records, notes = parse(text.splitlines())
     if records and not text.endswith("\n"):

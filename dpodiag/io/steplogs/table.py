@@ -19,7 +19,7 @@ from dpodiag.dialects import (
     EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, get_dialect,
     split_key,
 )
-from dpodiag.errors import NoDataError, UsageError
+from dpodiag.errors import InputError, NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
 from dpodiag.io.steplogs.sidecars import run_prefix
 from dpodiag.io.steplogs.summaries import pop_summaries, pop_summary_columns
@@ -106,7 +106,7 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     if skipped:
         notes.append(f"{skipped} record{'s' if skipped > 1 else ''} without metric values "
                      "skipped")
-    table = _assign_steps(table, plan, notes, chosen)
+    table = _assign_steps(table, plan, notes, chosen, path)
 
     name = run_name or default_run_name(path)
     table = _finish(table, name)
@@ -221,11 +221,18 @@ def _any_present(keys: list[str]) -> pl.Expr:
 
 
 def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
-                  dialect: Dialect) -> pl.DataFrame:
+                  dialect: Dialect, path: Path) -> pl.DataFrame:
     # Use the logged step where there is one; count train records where there is none.
     step_columns = [f"__step{i}" for i in range(len(plan.step_keys))]
     if step_columns:
-        step = pl.coalesce(step_columns).fill_nan(None).round(0).cast(pl.Int64)
+        logged = pl.coalesce(step_columns).fill_nan(None).round(0)
+        out_of_range = table.filter(logged.abs() >= 2.0 ** 63)
+        if out_of_range.height:
+            record = int(out_of_range.get_column("__record")[0]) + 1
+            value = out_of_range.select(logged).item()
+            raise InputError(path, f"log record {record}: step {value:g} does not fit in a "
+                             "64-bit integer", "fix the step of that record or remove the record")
+        step = logged.cast(pl.Int64)
         table = table.with_columns(step.alias("step")).drop(step_columns)
         missing = table.get_column("step").null_count()
         if missing:

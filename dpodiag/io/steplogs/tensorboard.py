@@ -65,6 +65,10 @@ def read(path: Path, fmt: str = "tensorboard") -> RawLog:
         names = ", ".join(sorted(set(repeated.get_column("tag"))))
         notes.append(f"{duplicates} points repeat a (tag, step) pair ({names}); the last one "
                      "was remaining")
+    cut = _cut_record_offset(path)
+    if cut is not None:
+        notes.append(f"byte {cut}: the last event record is cut off where the file ends (the "
+                     "trainer was still writing it, or stopped); the records before it were read")
     meta, meta_notes, hints = _text_metadata(accumulator, tags.get("tensors", []))
     return RawLog(records=[], frame=frame, format="tensorboard", notes=notes + meta_notes,
                   meta=meta, hints=hints)
@@ -86,6 +90,22 @@ def _load(path: Path) -> Any:
         raise InputError(path, f"cannot be read as a TensorBoard event file ({error})",
                          "pass the event file as the trainer wrote it") from None
     return accumulator
+
+
+def _cut_record_offset(path: Path) -> int | None:
+    # Walk the TFRecord framing (length, length CRC, payload, payload CRC) without checking the
+    # CRCs; return the offset of a record that runs past the end of the file.
+    size = path.stat().st_size
+    offset = 0
+    with path.open("rb") as stream:
+        while offset < size:
+            stream.seek(offset)
+            header = stream.read(8)
+            end = offset + 12 + int.from_bytes(header, "little") + 4
+            if len(header) < 8 or end > size:
+                return offset
+            offset = end
+    return None
 
 
 def _tensor_scalars(accumulator: Any, tensor_tags: list[str]) -> list[tuple[str, int, float]]:

@@ -1,0 +1,163 @@
+"""Step logs: the records computed before any update, and what their loss says.
+
+Before any update the policy equals the reference, so the logged loss is the loss type's
+zero-margin value (ln 2 for sigmoid). A different value points at the reference, a scaled loss,
+or another loss variant; the eval identity gives beta where evaluations are logged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from dpodiag.checks.base import Finding, RunData, Skip, require_reference_loss
+from dpodiag.compute.losses import LOSSES
+
+
+def records_before_update(data: RunData) -> list[pl.DataFrame]:
+    """The records computed before any update: an evaluation at step 0, and the first train
+    record when it is logged at step 0 or 1 (the loss logged at step 1 comes from the forward
+    pass before the first update) and covers that one step only."""
+    if data.run.step_source == "counted":
+        return []  # counted records say nothing about which update a record follows
+    records = []
+    evals = data.split_steps("eval").filter(pl.col("step") == 0)
+    if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
+        records.append(evals.head(1))
+    train = data.split_steps("train")
+    config = data.run.meta.trainer_config
+    windowed = (config.get("logging_steps") or 1) > 1 and not config.get("logging_first_step")
+    if train.height >= 2 and "loss" in train.columns and not windowed:
+        first, second = int(train["step"][0]), int(train["step"][1])
+        single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
+        if first <= 1 and (second == first + 1 or single):
+            records.append(train.head(1))
+    return records
+
+
+def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
+    """The loss at zero margin for the run's loss type, the loss type and where it comes from."""
+    loss_type, source = data.loss_type_for_checks(allow_default=False)
+    spec = LOSSES.get(loss_type or "")
+    if spec is None or spec.zero_margin is None:
+        return None
+    beta = data.run.meta.beta
+    if beta is None and loss_type in ("ipo", "sppo_hard"):
+        return None
+    return spec.zero_margin(beta or 0.1, data.run.meta.label_smoothing), loss_type, source
+
+
+def first_record_check(data: RunData) -> tuple[dict, bool] | None:
+    """Compare the records before any update with the zero-margin loss.
+
+    Returns the evidence of the first record that disagrees and whether its rewards are ~0
+    (policy equals reference), or None when every such record agrees.
+    """
+    require_reference_loss(data)
+    config = data.run.meta.trainer_config
+    for setting in ("use_weighting", "ld_alpha", "rpo_alpha"):
+        if config.get(setting):
+            raise Skip(f"{setting} changes the loss before any update")
+    expected = zero_margin_value(data)
+    if expected is None:
+        raise Skip("the loss type is not declared, has no zero-margin value, or needs beta")
+    records = records_before_update(data)
+    if not records:
+        raise Skip("no record was computed before the first update (log at step 1, or evaluate at step 0)")
+    for record in records:
+        result = _compare_first_record(data, record, *expected)
+        if result is not None:
+            return result
+    return None
+
+
+def _compare_first_record(data: RunData, record: pl.DataFrame, value: float, loss_type: str,
+                          source: str) -> tuple[dict, bool] | None:
+    loss = float(record["loss"][0])
+    # 1% covers bf16 (ln 2 logs as 0.6914-0.6934) and 4-decimal rounding.
+    if not math.isfinite(loss) or abs(loss - value) <= max(0.01 * value, 1e-3):
+        return None
+    rewards = [float(record[c][0]) for c in ("rewards_chosen", "rewards_rejected")
+               if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
+    evidence = {"first_loss": loss, "zero_margin_loss": value, "loss_type": loss_type,
+                "loss_type_source": source, "split": record["split"][0], "step": int(record["step"][0]),
+                "ratio": loss / value if value else None}
+    if rewards:
+        evidence["first_rewards"] = rewards
+    # Rewards within numerics of 0 mean policy and reference agree: a wrong loss is then the
+    # loss's own fault (scale, variant), not the reference's.
+    return evidence, bool(rewards) and _ratios_within_numerics(data, record, rewards)
+
+
+def _ratios_within_numerics(data: RunData, record: pl.DataFrame, rewards: list[float]) -> bool:
+    """True when rewards/beta, the mean log-ratios, are within 1% of the log-probs (bf16 noise),
+    the tolerance the pair-level step-0 check uses."""
+    beta = data.run.meta.beta or 0.1
+    if data.dialect is not None and not data.dialect.rewards_beta_scaled:
+        beta = 1.0
+    logps = [abs(float(record[c][0])) for c in ("logps_chosen", "logps_rejected")
+             if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
+    if not logps:
+        return False
+    return max(abs(r) / beta for r in rewards) <= max(0.05, 0.01 * min(logps))
+
+
+def other_zero_margin_match(data: RunData, evidence: dict) -> tuple[str, float] | None:
+    """Another loss variant whose zero-margin value (at the run's beta) is the first loss, within 1%."""
+    beta = data.run.meta.beta or 0.1
+    for name, spec in LOSSES.items():
+        if name == evidence["loss_type"] or spec.zero_margin is None:
+            continue
+        value = spec.zero_margin(beta, data.run.meta.label_smoothing)
+        if abs(evidence["first_loss"] - value) <= 0.01 * value:
+            return name, value
+    return None
+
+
+def loss_type_at_first_record(data: RunData) -> list[Finding]:
+    """Step logs: before any update the loss is another variant's zero-margin value."""
+    result = first_record_check(data)
+    if result is None:
+        return []
+    evidence, rewards_zero = result
+    match = other_zero_margin_match(data, evidence)
+    if match is None or not (rewards_zero or "first_rewards" not in evidence):
+        return []
+    name, value = match
+    return [data.finding(
+        "loss-type-mismatch", f"The first logged loss is {name}'s zero-margin value",
+        f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}, which is "
+        f"the zero-margin value of {name} ({value:.4g}), not of the recorded "
+        f"{evidence['loss_type']} ({evidence['zero_margin_loss']:.4g}). The trainer computed "
+        f"{name}.", split=evidence["split"], step=evidence["step"],
+        evidence={**evidence, "matching_loss_type": name, "matching_value": value})]
+
+
+def scale_factor_like(ratio: float | None) -> bool:
+    """True for k or 1/k with an integer k >= 2 (within 2%): the factors that gradient
+    accumulation and sum-versus-mean reductions produce."""
+    if not ratio or ratio <= 0:
+        return False
+    k = ratio if ratio > 1 else 1 / ratio
+    return round(k) >= 2 and abs(k - round(k)) <= 0.02 * k
+
+
+def scale_at_first_record(data: RunData) -> list[Finding]:
+    """Step logs: rewards 0 before any update, yet the loss is k x its zero-margin value."""
+    result = first_record_check(data)
+    if result is None:
+        return []
+    evidence, rewards_zero = result
+    if other_zero_margin_match(data, evidence) is not None:
+        return []  # another loss variant explains the value: loss-type-mismatch reports it
+    ratio = evidence["ratio"]
+    if not ((rewards_zero or "first_rewards" not in evidence) and scale_factor_like(ratio)):
+        return []
+    return [data.finding(
+        "loss-scale-mismatch", f"The first logged loss is {ratio:.3g} x its zero-margin value",
+        f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g} while policy "
+        f"and reference agree (rewards 0), against {evidence['zero_margin_loss']:.4g} for "
+        f"{evidence['loss_type']}: the logged loss is scaled by about {ratio:.3g}, as a "
+        "gradient-accumulation division or a sum-versus-mean bug does.",
+        split=evidence["split"], step=evidence["step"], evidence=evidence)]

@@ -1,0 +1,61 @@
+"""Fits of the logged per-pair loss (beta, scale, variant), shared by the loss checks."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from dpodiag.checks.base import RunData, Skip, require_pairs
+from dpodiag.compute.identify import Identification, identify
+
+
+def identifications(data: RunData) -> dict[str, Identification]:
+    """Fit the logged per-pair losses of each split once per run (cached).
+
+    Splits are fitted apart because trainers reduce them apart: a loss divided by the
+    gradient-accumulation steps in training is logged unscaled in evaluation.
+    """
+    if "identification" not in data.cache:
+        pairs = require_pairs(data)
+        meta = data.run.meta
+        if "loss" not in pairs.columns:
+            raise Skip("the log has no per-pair loss column")
+        if meta.loss_type is None or meta.beta is None:
+            raise Skip("loss type or beta is not declared")
+        fits = {}
+        for split in data.run.splits:
+            fit = identify(pairs.filter(pl.col("split") == split), meta.loss_type, meta.beta,
+                           meta.label_smoothing, meta.simpo_gamma,
+                           per_token=meta.logps_normalisation == "mean")
+            if fit is not None and fit.declared is not None:
+                fits[split] = fit
+        data.cache["identification"] = fits
+    if not data.cache["identification"]:
+        raise Skip("too few rows with a finite logged loss")
+    return data.cache["identification"]
+
+
+def explains(rmse: float, ident: Identification) -> bool:
+    """True when a fit reproduces the logged loss to within 1% of its RMS (bf16 loss values
+    carry ~0.4% relative error) or 1e-4 (4-decimal rounding)."""
+    return rmse <= max(0.01 * ident.logged_rms, 1e-4)
+
+
+def declared_fails(ident: Identification) -> bool:
+    return not explains(ident.declared.rmse / 5, ident)
+
+
+def fits_text(split: str, ident: Identification) -> str:
+    return (f"On {split} pairs the logged loss has RMSE {ident.declared.rmse:.3g} against the "
+            f"declared {ident.declared.loss_type} at beta {ident.declared.beta:g}")
+
+
+def explained_by_declared_family(ident: Identification) -> bool:
+    """True when another beta, a constant scale or a flipped sign of the declared loss explains the log."""
+    fits = [ident.beta_fit, ident.scale_fit, ident.sign_flipped]
+    return any(fit is not None and explains(fit.rmse, ident) for fit in fits)
+
+
+def first_split(data: RunData, hits: dict) -> tuple[str, list[str]]:
+    """The split a finding is reported on (train first) and every split where it holds."""
+    splits = [split for split in data.run.splits if split in hits]
+    return splits[0], splits

@@ -1,0 +1,233 @@
+"""The bytes of an input file, as every reader sees them.
+
+A file named `*.gz` is gzip-decompressed transparently, so `pairs.csv.gz`, `trainer_log.jsonl.gz`
+and `trainer_state.json.gz` read like the files they compress, and the name without `.gz` tells
+the format. A UTF-8 byte-order mark at the start of a file is dropped. A text table whose last
+line was cut off by a writer that stopped (a crashed or still running job) is read without that
+line, and a note says so.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import zlib
+from pathlib import Path
+
+from dpodiag.errors import InputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = zlib.MAX_WBITS | 16
+UTF8_BOM = codecs.BOM_UTF8
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+BLOCK_BYTES = 1 << 16
+
+
+def is_gzip(path: Path) -> bool:
+    """Tell whether `path` is named as a gzip file."""
+    return Path(path).name.lower().endswith(".gz")
+
+
+def logical_path(path: Path) -> Path:
+    """Return `path` without a trailing `.gz`: the name that tells the format of its content."""
+    path = Path(path)
+    return path.with_name(path.name[:-3]) if is_gzip(path) else path
+
+
+def logical_suffix(path: Path) -> str:
+    """Return the lower-case suffix of `logical_path(path)`, e.g. ".csv" for `pairs.csv.gz`."""
+    return logical_path(path).suffix.lower()
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """Return up to `size` bytes from the start of the content (decompressed for `.gz`).
+
+    Raises:
+        OSError: the file cannot be opened.
+        InputError: a `.gz` file is not valid gzip data.
+    """
+    if is_gzip(path):
+        data, _ = _decompress(Path(path), limit=size + len(UTF8_BOM))
+    else:
+        with open(path, "rb") as stream:
+            data = stream.read(size + len(UTF8_BOM))
+    return data.removeprefix(UTF8_BOM)[:size]
+
+
+def read_bytes(path: Path) -> bytes:
+    """Return the whole content (decompressed for `.gz`), without a UTF-8 byte-order mark.
+
+    A gzip stream that ends early gives the bytes before the cut (see `gzip_is_cut`).
+
+    Raises:
+        OSError: the file cannot be opened.
+        InputError: a `.gz` file is not valid gzip data.
+    """
+    data = _decompress(Path(path))[0] if is_gzip(path) else Path(path).read_bytes()
+    return data.removeprefix(UTF8_BOM)
+
+
+def read_text(path: Path) -> str:
+    """Return the content as text; bytes that are not UTF-8 become U+FFFD."""
+    return read_bytes(path).decode("utf-8", errors="replace")
+
+
+def gzip_is_cut(path: Path) -> bool:
+    """Tell whether a `.gz` file ends before the end of its last gzip member."""
+    return is_gzip(path) and not _decompress(Path(path))[1]
+
+
+def _decompress(path: Path, limit: int | None = None) -> tuple[bytes, bool]:
+    # Return the decompressed bytes (at least `limit` of them when given) and whether the last
+    # member was complete. Concatenated members, as `cat a.gz b.gz` makes, are read in order.
+    with open(path, "rb") as stream:
+        if stream.read(2) != GZIP_MAGIC:
+            raise InputError(path, "is named .gz but is not gzip data (it does not start with "
+                             "the bytes 1f 8b)", "rename it without .gz, or compress it with gzip")
+        stream.seek(0)
+        output = bytearray()
+        decompressor = zlib.decompressobj(GZIP_WBITS)
+        started = False
+        offset = 0
+        while block := stream.read(BLOCK_BYTES):
+            data = block
+            while data:
+                try:
+                    output += decompressor.decompress(data)
+                except zlib.error as error:
+                    raise InputError(path, f"invalid gzip data in compressed bytes "
+                                     f"{offset}-{offset + len(block)} ({error})",
+                                     "compress the log again from its source, or pass the "
+                                     "uncompressed file") from None
+                started = True
+                if not decompressor.eof:
+                    break
+                # A member ended; another one may follow. Bytes that are not a gzip header are
+                # trailing padding, which gzip itself ignores too.
+                data = decompressor.unused_data
+                if not data.startswith(GZIP_MAGIC[:len(data)]):
+                    return bytes(output), True
+                decompressor = zlib.decompressobj(GZIP_WBITS)
+                started = False
+            offset += len(block)
+            if limit is not None and len(output) >= limit:
+                return bytes(output), True
+    return bytes(output), decompressor.eof or not started
+
+
+# Text tables (pair logs in CSV and JSONL)
+
+def table_source(path: Path, fmt: str, notes: list[str] | None = None) -> Path | io.BytesIO:
+    """Return what polars should scan for the pair table at `path`: the path itself, or its
+    bytes after decompression and repair.
+
+    The bytes are read into memory only for a `.gz` file, a file that starts with a UTF-8
+    byte-order mark (JSONL) and a CSV or JSONL file that does not end with a line break, whose
+    last line a writer may have cut off. A cut last line is dropped and described in `notes`.
+
+    Raises:
+        InputError: the file is UTF-16 encoded, or a `.gz` file is not valid gzip data.
+    """
+    path = Path(path)
+    if fmt not in ("csv", "jsonl"):
+        return io.BytesIO(read_bytes(path)) if is_gzip(path) else path
+    if is_gzip(path):
+        data = read_bytes(path)
+    else:
+        with open(path, "rb") as stream:
+            head = stream.read(len(UTF8_BOM))
+            stream.seek(0, io.SEEK_END)
+            size = stream.tell()
+            stream.seek(max(size - 1, 0))
+            complete = stream.read(1) in (b"\n", b"")
+        reject_utf16(path, head)
+        if complete and not (fmt == "jsonl" and head == UTF8_BOM):
+            return path
+        data = read_bytes(path)
+    reject_utf16(path, data[:2])
+    return io.BytesIO(_drop_cut_last_line(path, fmt, data, notes))
+
+
+def reject_utf16(path: Path, head: bytes) -> None:
+    """Raise when `head` starts with a UTF-16 byte-order mark: the readers expect UTF-8."""
+    if head[:2] in UTF16_BOMS:
+        raise InputError(path, "is encoded as UTF-16 (it starts with a UTF-16 byte-order mark)",
+                         "save it as UTF-8, for example with `iconv -f UTF-16 -t UTF-8`")
+
+
+def reject_other_separator(path: Path, head: bytes) -> None:
+    """Raise when the header line of a CSV (TSV) has no comma (tab) but another separator."""
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    expected = "\t" if logical_suffix(path) == ".tsv" else ","
+    if expected in header:
+        return
+    names = {",": "','", ";": "';'", "|": "'|'", "\t": "a tab"}
+    for other in (";", "\t", "|"):
+        if other in header:
+            raise InputError(path, f"line 1: the header contains no {names[expected]} but "
+                             f"{names[other]}, so its fields are separated by {names[other]}",
+                             "save the file with ',' between fields (or with tabs and a .tsv name)")
+
+
+def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | None) -> bytes:
+    # A last line without its line break is cut when it does not parse as a JSON object
+    # (JSONL) or has fewer fields than the header (CSV). A cut inside the last CSV field
+    # cannot be told from a complete value, so such a line is kept and a note says so.
+    if not data or data.endswith(b"\n"):
+        return data
+    start = data.rfind(b"\n") + 1
+    if start == 0:
+        return data
+    last = data[start:].decode("utf-8", errors="replace")
+    line = data.count(b"\n") + 1
+    if fmt == "jsonl":
+        try:
+            cut = not isinstance(json.loads(last), dict)
+        except ValueError:
+            cut = True
+    else:
+        separator = "\t" if logical_suffix(path) == ".tsv" else ","
+        header = data[:data.find(b"\n")].decode("utf-8", errors="replace")
+        width = len(next(csv.reader([header], delimiter=separator)))
+        cut = len(next(csv.reader([last], delimiter=separator), [])) < width
+    if notes is not None and cut:
+        notes.append(f"line {line}: the last line is cut off where the file ends (the log was "
+                     "still being written, or its writer stopped); it was skipped")
+    elif notes is not None:
+        notes.append(f"line {line}: the file ends without a line break; its last line was "
+                     "read, but its last value may be cut short if the log was still being "
+                     "written")
+    return data[:start] if cut else data
+
+
+def table_error(path: Path, fmt: str, error: Exception) -> InputError:
+    """Return the InputError for a table that polars or pyarrow cannot read."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:200] if text else type(error).__name__
+    lowered = text.lower()
+    if "utf-8" in lowered or "utf8" in lowered:
+        return _utf8_error(path)
+    if fmt == "parquet" and ("magic bytes" in lowered or "footer" in lowered):
+        return InputError(path, "ends before its parquet footer (the writer crashed or is still "
+                          "writing it)", "pass the file after its writer has closed it")
+    return InputError(path, f"cannot read the {fmt} table ({first})",
+                      f"check that it is a complete {fmt} file")
+
+
+def _utf8_error(path: Path) -> InputError:
+    # The error path reads the whole file once more to find the first byte that is not UTF-8.
+    try:
+        data = read_bytes(path)
+        data.decode("utf-8")
+    except (OSError, InputError):
+        pass
+    except UnicodeDecodeError as error:
+        before = data[:error.start]
+        line = before.count(b"\n") + 1
+        column = error.start - before.rfind(b"\n")
+        return InputError(path, f"line {line}, byte {column}: 0x{data[error.start]:02x} is not "
+                          "UTF-8 (the file is in another encoding, such as Latin-1)",
+                          "save the file as UTF-8, for example with `iconv -f latin1 -t utf-8`")
+    return InputError(path, "is not valid UTF-8 text", "save the file as UTF-8")
