@@ -11,7 +11,8 @@ from dpodiag.report.traces import (axis_names, hline, layout, line, plotly_text,
 
 # Runs whose last logged steps differ by more than this factor are drawn against training progress.
 PROGRESS_RATIO = 3.0
-PROGRESS_TITLE = "training progress (step ÷ the run's last step)"
+# Short enough for a three-panel row; the page explains it above the charts.
+PROGRESS_TITLE = "progress (step / last step)"
 
 
 @dataclass

@@ -146,20 +146,19 @@ def last_eval(steps: pl.DataFrame, column: str) -> float | None:
 
 # How a logged value averages pairs, by dialect reduction. Values of different classes are not
 # comparable: a mean over a logging window is far less noisy than one micro-batch.
-REDUCTION_CLASS = {"window-mean": "mean over all pairs of the logged steps",
-                   "per-evaluation": "mean over all pairs of the logged steps",
-                   "rank-local-window-mean": "mean over one device's pairs",
-                   "last-micro-batch": "one micro-batch per logged step",
-                   "single-step": "one step per logged step"}
+REDUCTION_CLASS = {"window-mean": "all pairs",
+                   "per-evaluation": "all pairs",
+                   "rank-local-window-mean": "one device's pairs",
+                   "last-micro-batch": "one micro-batch",
+                   "single-step": "one step's pairs"}
 
 
 def reduction_class(data: RunData) -> str:
     """What one logged value of the run averages: all of a step's pairs, one device, one micro-batch."""
     if data.pairs is not None:
-        return "mean over all pairs of the logged steps"
+        return "all pairs"
     dialect = data.dialect
-    return REDUCTION_CLASS.get(dialect.reduction if dialect else "window-mean",
-                               "mean over all pairs of the logged steps")
+    return REDUCTION_CLASS.get(dialect.reduction if dialect else "window-mean", "all pairs")
 
 
 def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[str, Any]]:
@@ -185,7 +184,7 @@ def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[s
 
     # Figures that no run has are left out; deltas need both values and the same reduction.
     metric_labels = {label for _, label in (*END_OF_TRAINING, *LAST_EVAL)}
-    rows = [{"label": "one logged value is", "cells": [{"value": cls, "delta": None} for cls in classes]}]
+    rows = [{"label": "a logged value averages", "cells": [{"value": cls, "delta": None} for cls in classes]}]
     for label, values in figures:
         if all(value is None for value in values):
             continue

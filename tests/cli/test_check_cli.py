@@ -88,3 +88,14 @@ def test_missing_column_error_names_file_and_column(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"dpodiag: error: {path}: missing column 'policy_rejected_logps' (and no "
         "chosen_logratio/rejected_logratio); add the policy log-probs or the log-ratios, or map them with --column"]
+
+
+def test_pair_and_step_logs_in_one_check(logs):
+    from pathlib import Path
+    step_log = (Path(__file__).resolve().parent.parent / "fixtures" / "real_logs"
+                / "translation-dpo-gams9b-nograd-stuck.wandb_output.log")
+    document = json.loads(dpodiag("check", logs[0], step_log, "--format", "json").stdout)
+    assert [(r["run"], r["level"]) for r in document["runs"]] == [
+        ("healthy", "pairs"), ("translation-dpo-gams9b-nograd-stuck", "steps")]
+    assert ("no-learning-signal", "translation-dpo-gams9b-nograd-stuck") in {
+        (f["code"], f["run"]) for f in document["findings"]}
