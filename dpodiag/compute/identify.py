@@ -7,20 +7,25 @@ that prediction says how well the configuration explains the log.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import torch
-from scipy.optimize import minimize_scalar
 
 from dpodiag.compute.losses import LOSSES, LossSpec
 from dpodiag.compute.recompute import pair_batch
 
-# Rows used for fitting; a deterministic subsample keeps the fit fast on very large logs.
+# Rows used for fitting; an evenly strided subsample keeps the fit fast on very large logs.
 MAX_FIT_ROWS = 50_000
 BETA_GRID = np.logspace(-3, 2, 61)
+# Grid points evaluated in one tensor operation, at most GRID_ELEMENTS values at a time.
+GRID_ELEMENTS = 1 << 21
+# Columns a fit reads; other columns of the pair table are not collected.
+FIT_COLUMNS = ["split", "step", "loss", "chosen_logratio", "rejected_logratio", "policy_chosen_logps",
+               "policy_rejected_logps", "chosen_length", "rejected_length"]
 
 
 @dataclass
@@ -35,30 +40,60 @@ class LossFit:
 
 @dataclass
 class Identification:
-    """Fits of the logged losses: the declared configuration and the alternatives."""
+    """Fits of the logged losses: the declared configuration and the alternatives.
+
+    The beta fit and the variant fits are computed on first access, because they cost one grid
+    search each and the checks read them only when the declared configuration fails.
+    """
 
     logged_rms: float
     """RMS of the logged losses themselves, the scale against which errors are judged."""
     batch_level: bool
     """True when the logged loss is one value per step (a batch mean), not one per pair."""
     declared: LossFit | None = None
-    beta_fit: LossFit | None = None
     scale_fit: LossFit | None = None
     sign_flipped: LossFit | None = None
     """The declared loss with the sign of the margin flipped (a sign error in the trainer)."""
-    variants: dict[str, LossFit] = field(default_factory=dict)
+    predictor: _Predictor | None = field(default=None, repr=False)
+    fit_variants: bool = True
+    """Whether `variants` fits every registered loss variant; it is empty otherwise."""
+
+    @functools.cached_property
+    def beta_fit(self) -> LossFit | None:
+        """The declared loss type at its best beta; None without a declared configuration."""
+        if self.declared is None:
+            return None
+        return _fit_beta(self.predictor, LOSSES[self.declared.loss_type])
+
+    @functools.cached_property
+    def variants(self) -> dict[str, LossFit]:
+        """Every registered loss variant at its own best beta (reference-free ones only when the
+        log has policy log-probs)."""
+        if not self.fit_variants:
+            return {}
+        has_policy = self.predictor.batch.policy_chosen_logps is not None
+        return {spec.name: _fit_beta(self.predictor, spec) for spec in LOSSES.values()
+                if spec.needs_reference or has_policy}
 
     def best_variant(self) -> LossFit | None:
         return min(self.variants.values(), key=lambda fit: fit.rmse, default=None)
 
 
-def fit_rows(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Rows with a finite logged loss and finite log-ratios, subsampled to MAX_FIT_ROWS."""
-    usable = pairs.filter(pl.col("loss").is_finite() & pl.col("chosen_logratio").is_finite()
-                          & pl.col("rejected_logratio").is_finite())
-    if usable.height > MAX_FIT_ROWS:
-        usable = usable.sample(MAX_FIT_ROWS, seed=0)
-    return usable
+def fit_rows(pairs: pl.DataFrame | pl.LazyFrame, engine: str = "auto") -> pl.DataFrame:
+    """Rows with a finite logged loss and finite log-ratios, at most MAX_FIT_ROWS of them.
+
+    Above MAX_FIT_ROWS usable rows, every k-th usable row in table order is kept, with
+    k = ceil(usable / MAX_FIT_ROWS): a deterministic subsample that spreads over all steps and
+    that a streaming scan selects the same way.
+    """
+    columns = [c for c in FIT_COLUMNS if c in pairs.collect_schema().names()]
+    usable = pairs.lazy().select(columns).filter(
+        pl.col("loss").is_finite() & pl.col("chosen_logratio").is_finite()
+        & pl.col("rejected_logratio").is_finite())
+    count = usable.select(pl.len()).collect(engine=engine).item()
+    if count > MAX_FIT_ROWS:
+        usable = usable.gather_every(math.ceil(count / MAX_FIT_ROWS))
+    return usable.collect(engine=engine)
 
 
 def is_batch_level(rows: pl.DataFrame) -> bool:
@@ -79,18 +114,19 @@ class _Predictor:
         groups = rows.select(pl.struct("split", "step").rank("dense").alias("g")).get_column("g")
         self.groups = torch.from_numpy(groups.to_numpy().astype(np.int64) - 1)
         self.n_groups = int(self.groups.max()) + 1 if len(groups) else 0
+        self.counts = torch.bincount(self.groups, minlength=self.n_groups).to(torch.float64)
         logged = torch.from_numpy(rows.get_column("loss").to_numpy().astype(np.float64))
         self.logged = self._reduce(logged)
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-step means along the last axis when the log is batch-level, else `values`."""
         if not self.batch_level:
             return values
-        sums = torch.zeros(self.n_groups, dtype=torch.float64).index_add_(0, self.groups, values)
-        counts = torch.zeros(self.n_groups, dtype=torch.float64).index_add_(
-            0, self.groups, torch.ones_like(values))
-        return sums / counts
+        sums = torch.zeros((*values.shape[:-1], self.n_groups), dtype=torch.float64)
+        return sums.index_add_(-1, self.groups, values) / self.counts
 
-    def predict(self, spec: LossSpec, beta: float) -> torch.Tensor:
+    def predict(self, spec: LossSpec, beta: float | torch.Tensor) -> torch.Tensor:
+        """The loss of every row (or step) at `beta`; a [G, 1] tensor of betas gives [G, rows]."""
         with torch.no_grad():
             return self._reduce(spec.fn(self.batch, beta, **self.options).to(torch.float64))
 
@@ -99,56 +135,66 @@ class _Predictor:
         value = float(torch.sqrt(torch.mean(error * error)))
         return value if math.isfinite(value) else math.inf
 
+    def grid_rmse(self, spec: LossSpec, betas: np.ndarray) -> np.ndarray:
+        """RMSE at each beta of `betas`, evaluated a block of betas per tensor operation."""
+        block = max(1, GRID_ELEMENTS // max(len(self.logged), 1))
+        errors = []
+        for start in range(0, len(betas), block):
+            beta = torch.from_numpy(np.ascontiguousarray(betas[start:start + block])).unsqueeze(1)
+            error = self.predict(spec, beta) - self.logged
+            errors.append(torch.sqrt(torch.mean(error * error, dim=-1)).numpy())
+        values = np.concatenate(errors)
+        return np.where(np.isfinite(values), values, math.inf)
+
 
 def _fit_beta(predictor: _Predictor, spec: LossSpec) -> LossFit:
     """Grid search over log-spaced beta, then a bounded refinement around the best grid point."""
-    errors = [predictor.rmse(predictor.predict(spec, float(b))) for b in BETA_GRID]
+    from scipy.optimize import minimize_scalar  # about 0.3 s to import, so only when fitting
+
+    errors = predictor.grid_rmse(spec, BETA_GRID)
     best = int(np.argmin(errors))
     low = math.log(BETA_GRID[max(best - 1, 0)])
     high = math.log(BETA_GRID[min(best + 1, len(BETA_GRID) - 1)])
     result = minimize_scalar(lambda log_beta: predictor.rmse(predictor.predict(spec, math.exp(log_beta))),
                              bounds=(low, high), method="bounded", options={"xatol": 1e-6})
     beta = math.exp(result.x) if result.fun <= errors[best] else float(BETA_GRID[best])
-    return LossFit(spec.name, beta, 1.0, min(float(result.fun), errors[best]))
+    return LossFit(spec.name, beta, 1.0, min(float(result.fun), float(errors[best])))
 
 
-def identify(pairs: pl.DataFrame, loss_type: str | None, beta: float | None,
+def identify(pairs: pl.DataFrame | pl.LazyFrame, loss_type: str | None, beta: float | None,
              label_smoothing: float = 0.0, simpo_gamma: float | None = None,
-             per_token: bool = False, variants: bool = True) -> Identification | None:
+             per_token: bool = False, variants: bool = True,
+             engine: str = "auto") -> Identification | None:
     """Fit the logged loss of a recomputed pair table; None when there is nothing to fit.
 
-    With a declared loss type and beta: the declared fit, the best beta for that loss type, and
-    the best constant scale k (logged = k * recomputed, least squares). With `variants`, the best
-    beta for every registered loss variant as well.
+    With a declared loss type and beta: the declared fit, the best constant scale k
+    (logged = k * recomputed, least squares), the declared loss with the margin's sign flipped,
+    and on access the best beta for that loss type. With `variants`, the best beta for every
+    registered loss variant as well, on access. `engine` is the polars engine that collects
+    the fit rows ("streaming" for a scan of a log larger than memory).
     """
-    if "loss" not in pairs.columns:
+    if "loss" not in pairs.collect_schema().names():
         return None
-    rows = fit_rows(pairs)
+    rows = fit_rows(pairs, engine)
     if rows.height < 8:
         return None
     batch_level = is_batch_level(rows)
     predictor = _Predictor(rows, per_token, label_smoothing, simpo_gamma, batch_level)
     logged_rms = float(torch.sqrt(torch.mean(predictor.logged ** 2)))
-    result = Identification(logged_rms=logged_rms, batch_level=batch_level)
+    result = Identification(logged_rms=logged_rms, batch_level=batch_level, predictor=predictor,
+                            fit_variants=variants)
 
-    # The declared configuration, its best beta and its best scale.
+    # The declared configuration, its best scale and its flipped sign.
     spec = LOSSES.get(loss_type or "")
     if spec is not None and beta is not None:
         predicted = predictor.predict(spec, beta)
         result.declared = LossFit(spec.name, beta, 1.0, predictor.rmse(predicted))
-        result.beta_fit = _fit_beta(predictor, spec)
         denominator = float(torch.sum(predicted * predicted))
         if denominator > 0 and math.isfinite(denominator):
             scale = float(torch.sum(predicted * predictor.logged)) / denominator
             result.scale_fit = LossFit(spec.name, beta, scale, predictor.rmse(predicted, scale))
         flipped = predictor.predict(spec, -beta)
         result.sign_flipped = LossFit(spec.name, -beta, 1.0, predictor.rmse(flipped))
-
-    # Every variant at its own best beta.
-    if variants:
-        for candidate in LOSSES.values():
-            if candidate.needs_reference or predictor.batch.policy_chosen_logps is not None:
-                result.variants[candidate.name] = _fit_beta(predictor, candidate)
     return result
 
 

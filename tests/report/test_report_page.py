@@ -128,7 +128,7 @@ def test_unequal_lengths_use_progress_axis(tmp_path):
              for name, frame in (("short", short), ("long", long))]
     html = render_html(dpodiag.diagnose(dpodiag.load(paths), device="cpu"))
     figure = figure_blocks(html)["chart-loss"]
-    assert figure["layout"]["xaxis"]["title"]["text"].startswith("training progress")
+    assert figure["layout"]["xaxis"]["title"]["text"].startswith("progress")
     drawn = [trace for trace in figure["data"] if trace["x"] != [None]]
     assert all(max(trace["x"]) <= 1.0 for trace in drawn)
     assert max(max(trace["customdata"]) for trace in drawn) == 99
