@@ -36,3 +36,12 @@ def beta_inferred(data: RunData) -> list[Finding]:
        fix="Declare it with --loss-type, a sidecar RUN.dpodiag.json or the parquet metadata.")
 def loss_type_inferred(data: RunData) -> list[Finding]:
     return _inferred(data, "loss_type", "loss-type-inferred", "loss type")
+
+
+@check("normalisation-inferred", "info", ("pairs",),
+       meaning="Whether log-probs are summed or per-token averages was not declared; it was "
+               "inferred from how they follow the response length.",
+       causes="No metadata, sidecar or trainer config gives logps_normalisation.",
+       fix="Declare logps_normalisation (sum or mean) in the parquet metadata or a sidecar.")
+def normalisation_inferred(data: RunData) -> list[Finding]:
+    return _inferred(data, "logps_normalisation", "normalisation-inferred", "log-prob normalisation")

@@ -24,8 +24,42 @@ def _explained(rmse: float, logged_rms: float) -> bool:
     return rmse <= max(EXPLAINED_RELATIVE_RMSE * logged_rms, 1e-4)
 
 
+# Summed log-probs grow with the response length; per-token averages do not, and stay within a
+# few nats (a model that puts 1% on each token scores -4.6 per token).
+SUM_CORRELATION = 0.3
+MEAN_CORRELATION = 0.1
+MEAN_MAX_NATS = 5.0
+
+
+def infer_normalisation(run: Run) -> None:
+    """Tell summed from per-token-averaged log-probs by how they follow the response length."""
+    meta, table = run.meta, run.table
+    columns = {"policy_chosen_logps", "chosen_length"}
+    if meta.logps_normalisation is not None or not columns <= set(table.columns):
+        return
+    finite = table.filter(pl.col("policy_chosen_logps").is_finite() & (pl.col("chosen_length") > 0))
+    per_step = (finite.group_by("split", "step")
+                .agg(pl.corr(pl.col("policy_chosen_logps").abs(), pl.col("chosen_length")).alias("r"))
+                .filter(pl.col("r").is_finite()))
+    if per_step.height < 3:
+        return
+    correlation = float(per_step.get_column("r").median())
+    magnitude = float(finite.get_column("policy_chosen_logps").abs().median())
+    if correlation >= SUM_CORRELATION:
+        value = "sum"
+    elif correlation < MEAN_CORRELATION and magnitude < MEAN_MAX_NATS:
+        value = "mean"
+    else:
+        return
+    meta.update({"logps_normalisation": value}, "inferred")
+    meta.inference["logps_normalisation"] = {
+        "method": "correlation of |log-prob| with response length", "median_correlation": correlation,
+        "median_abs_logps": magnitude}
+
+
 def infer_pair_meta(run: Run) -> None:
     """Fill beta and loss type of a pair log from its logged loss, else from defaults, in place."""
+    infer_normalisation(run)
     meta = run.meta
     if meta.beta is not None and meta.loss_type is not None:
         return

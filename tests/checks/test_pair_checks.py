@@ -188,3 +188,14 @@ def test_too_little_data_fires_on_short_run(check_frame):
 
 def test_too_little_data_silent_on_long_run(check_frame):
     assert "too-little-data" not in codes(check_frame(make_pairs()))
+
+
+def test_per_token_logps_are_inferred_as_mean(check_frame):
+    frame = make_pairs().with_columns(
+        (pl.col(c) / pl.col("chosen_length" if "chosen" in c else "rejected_length")).alias(c)
+        for c in ["policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps",
+                  "reference_rejected_logps"]).drop("loss")
+    findings = check_frame(frame)
+    (finding,) = [f for f in findings if f.code == "normalisation-inferred"]
+    assert finding.evidence["value"] == "mean"
+    assert "mask-or-padding-suspect" not in codes(findings)
