@@ -187,19 +187,23 @@ class Recorder:
 
     def _buffered_table(self) -> pa.Table:
         """Concatenate the buffered batches into one table in the canonical column order."""
+        # Per-batch values are repeated per row with numpy; object arrays are avoided because
+        # pyarrow converts them through pandas.
         batches = self._buffer
         sizes = [batch.size for batch in batches]
+        batch_of_row = np.repeat(np.arange(len(batches)), sizes)
+        splits = pa.array([b.split for b in batches], type=pa.string())
         columns: dict[str, pa.Array] = {
-            "step": pa.array(np.repeat(np.array([b.step for b in batches], dtype=np.int64), sizes)),
-            "split": pa.array(np.repeat(np.array([b.split for b in batches], dtype=object), sizes),
-                              type=pa.string()),
+            "step": pa.array(np.array([b.step for b in batches], dtype=np.int64)[batch_of_row]),
+            "split": splits.take(pa.array(batch_of_row)),
         }
         if "example_id" in self._columns:
             ids = [i for b in batches for i in (b.example_ids if b.example_ids is not None else [None] * b.size)]
             columns["example_id"] = pa.array(ids, type=pa.string())
         if "epoch" in self._columns:
-            epochs = [b.epoch for b in batches]
-            columns["epoch"] = pa.array(np.repeat(np.array(epochs, dtype=object), sizes), type=pa.float64())
+            epochs = np.array([np.nan if b.epoch is None else b.epoch for b in batches])[batch_of_row]
+            no_epoch = np.array([b.epoch is None for b in batches])[batch_of_row]
+            columns["epoch"] = pa.array(epochs, mask=no_epoch if no_epoch.any() else None)
         for name in VALUE_COLUMNS:
             if name not in self._columns:
                 continue

@@ -123,7 +123,9 @@ class Run:
     source: str
     level: str
     """"pairs" or "steps"."""
-    table: pl.DataFrame
+    table: pl.DataFrame | pl.LazyFrame
+    """The canonical table; a LazyFrame for a pair log read in streaming mode (see
+    `dpodiag.io.budget`), whose rows are never all in memory at once."""
     meta: RunMeta
     format: str
     """The detected input format, e.g. "parquet", "trainer_state.json"."""
@@ -135,18 +137,46 @@ class Run:
     step_source: str = "logged"
     """"logged" when steps come from the input, "counted" when the reader numbered records
     because the input has no step key (so step 1 need not be the first optimizer step)."""
+    _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def streaming(self) -> bool:
+        """True when the table is a LazyFrame that is scanned, not held in memory."""
+        return isinstance(self.table, pl.LazyFrame)
+
+    @property
+    def rows(self) -> int:
+        return self._table_summary()["rows"]
 
     @property
     def splits(self) -> list[str]:
-        present = set(self.table.get_column("split").unique().to_list())
+        present = set(self._table_summary()["splits"])
         return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
 
     @property
     def steps(self) -> tuple[int | None, int | None]:
-        steps = self.table.get_column("step")
-        if steps.len() == 0:
-            return None, None
-        return int(steps.min()), int(steps.max())
+        summary = self._table_summary()
+        return summary["first_step"], summary["last_step"]
+
+    def _table_summary(self) -> dict[str, Any]:
+        """Rows, splits and first and last step; one streaming scan for a LazyFrame, cached
+        because a scanned table does not change."""
+        if not self.streaming:
+            return _summarise(self.table)
+        if self._summary is None:
+            counts = self.table.select(pl.len().alias("rows"), pl.col("step").min().alias("first_step"),
+                                       pl.col("step").max().alias("last_step")).collect(engine="streaming")
+            splits = self.table.select(pl.col("split").unique()).collect(engine="streaming")
+            self._summary = {**counts.row(0, named=True), "splits": splits.get_column("split").to_list()}
+        return self._summary
+
+
+def _summarise(table: pl.DataFrame) -> dict[str, Any]:
+    steps = table.get_column("step")
+    empty = steps.len() == 0
+    return {"rows": table.height, "splits": table.get_column("split").unique().to_list(),
+            "first_step": None if empty else int(steps.min()),
+            "last_step": None if empty else int(steps.max())}
 
 
 def is_finite_number(value: Any) -> bool:

@@ -24,37 +24,43 @@ def _explained(rmse: float, logged_rms: float) -> bool:
     return rmse <= max(EXPLAINED_RELATIVE_RMSE * logged_rms, 1e-4)
 
 
-# Summed log-probs grow with the response length; per-token averages do not, and stay within a
-# few nats (a model that puts 1% on each token scores -4.6 per token).
-SUM_CORRELATION = 0.3
-MEAN_CORRELATION = 0.1
+# Summed log-probs grow with the response length, so |logp| / length varies much less than
+# |logp|; per-token averages are the other way round and stay within a few nats (a model that
+# puts 1% on each token scores -4.6 per token). Between the two ratios nothing is inferred.
+SUM_RATIO = 0.7
+MEAN_RATIO = 1.4
 MEAN_MAX_NATS = 5.0
 
 
+def _variation(values: pl.Series) -> float:
+    """Coefficient of variation, std / mean."""
+    mean = values.mean()
+    return float(values.std() / mean) if mean else float("nan")
+
+
 def infer_normalisation(run: Run) -> None:
-    """Tell summed from per-token-averaged log-probs by how they follow the response length."""
+    """Tell summed from per-token-averaged log-probs by how their spread follows the length."""
     meta, table = run.meta, run.table
-    columns = {"policy_chosen_logps", "chosen_length"}
-    if meta.logps_normalisation is not None or not columns <= set(table.columns):
+    # The reference does not move during training, so its log-probs show the length effect best.
+    column = next((c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in table.columns), None)
+    if meta.logps_normalisation is not None or column is None or "chosen_length" not in table.columns:
         return
-    finite = table.filter(pl.col("policy_chosen_logps").is_finite() & (pl.col("chosen_length") > 0))
-    per_step = (finite.group_by("split", "step")
-                .agg(pl.corr(pl.col("policy_chosen_logps").abs(), pl.col("chosen_length")).alias("r"))
-                .filter(pl.col("r").is_finite()))
-    if per_step.height < 3:
+    finite = table.filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0) & (pl.col(column) != 0))
+    if finite.height < 8 or finite.get_column("chosen_length").n_unique() < 3:
         return
-    correlation = float(per_step.get_column("r").median())
-    magnitude = float(finite.get_column("policy_chosen_logps").abs().median())
-    if correlation >= SUM_CORRELATION:
+    size = finite.get_column(column).abs()
+    ratio = _variation(size / finite.get_column("chosen_length")) / _variation(size)
+    magnitude = float(size.median())
+    if ratio <= SUM_RATIO:
         value = "sum"
-    elif correlation < MEAN_CORRELATION and magnitude < MEAN_MAX_NATS:
+    elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:
         value = "mean"
     else:
         return
     meta.update({"logps_normalisation": value}, "inferred")
     meta.inference["logps_normalisation"] = {
-        "method": "correlation of |log-prob| with response length", "median_correlation": correlation,
-        "median_abs_logps": magnitude}
+        "method": f"spread of |{column}| / length against the spread of |{column}|",
+        "variation_ratio": ratio, "median_abs_logps": magnitude}
 
 
 def infer_pair_meta(run: Run) -> None:
