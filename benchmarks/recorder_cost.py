@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dpodiag.record import Recorder  # noqa: E402
-from sample_logs.tinylm import TinyLM, make_pairs  # noqa: E402
-from sample_logs.trainer import TrainerConfig, collate_pairs, pair_losses, score_batch  # noqa: E402
+from dpodiag.record import Recorder
+from sample_logs.tinylm import TinyLM, make_pairs
+from sample_logs.trainer import TrainerConfig, collate_pairs, pair_losses, score_batch
 
 WARMUP_STEPS = 20
 DEFAULT_FLUSH_ROWS = 10_000

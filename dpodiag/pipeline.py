@@ -76,6 +76,13 @@ def derive_step_margins(run: Run):
 
 def analyse(run: Run, device: str = "auto") -> RunData:
     """Recompute a pair log and aggregate it per step; a step log passes through unchanged."""
+    if run.level == "unpaired":
+        from dpodiag.compute.infer import apply_defaults
+        from dpodiag.compute.kto import unpaired_step_aggregates
+
+        apply_defaults(run)
+        return RunData(run=run, steps=unpaired_step_aggregates(run.table, run.meta.beta,
+                                                                resolve_device(device)))
     if run.level == "steps":
         infer_step_meta(run)
         return RunData(run=run, steps=derive_step_margins(run))

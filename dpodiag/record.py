@@ -14,7 +14,7 @@ as JSON under the parquet key-value key "dpodiag". `dpodiag check FOLDER` reads 
 folder as one run.
 
 Durability. Each shard is written to a hidden temporary file in the folder, synced and renamed,
-so a shard on disk is always complete. A flush happens inside `log` when the buffer holds
+so a shard on disk is always complete. A flush happens inside `log` when the buffer contains
 `flush_rows` rows or the last flush is `flush_seconds` old, and on `flush`, `close`, the end of
 a ``with`` block (also when it raises) and interpreter exit (atexit). A process that is killed
 (SIGKILL, the OOM killer, or SIGTERM without a handler, which skips atexit) loses the rows
@@ -63,11 +63,11 @@ class Recorder:
         beta, loss_type, label_smoothing, simpo_gamma, logps_normalisation, framework,
         policy_model, reference_model: run metadata stored in every shard (see README).
         extra_metadata: other JSON-serialisable settings stored beside the run metadata.
-        flush_rows: write a shard once the buffer holds this many rows (1 = every `log` call).
+        flush_rows: write a shard once the buffer contains this many rows (1 = every `log` call).
         flush_seconds: write a shard at the first `log` call this many seconds after the last
             flush. No background thread runs, so rows logged before a long pause wait for
             the next call, `flush` or `close`.
-        append: add shards to a folder that already holds shards of this prefix (a resumed
+        append: add shards to a folder that already contains shards of this prefix (a resumed
             run), numbering on after the last one. Without it such a folder is an error.
         shard_prefix: file name prefix of the shards; it must start with "part" so that the
             folder reader finds them, e.g. "part-rank1" for one process of a distributed run.
@@ -130,13 +130,13 @@ class Recorder:
         """
         if self._closed:
             raise UsageError(f"Recorder for {self.folder} is closed; create a new Recorder to log more rows")
-        given = {"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
-                 "reference_chosen_logps": reference_chosen_logps,
-                 "reference_rejected_logps": reference_rejected_logps,
-                 "chosen_length": chosen_length, "rejected_length": rejected_length, "loss": loss}
-        given = {name: value for name, value in given.items() if value is not None}
+        per_pair = {"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
+                    "reference_chosen_logps": reference_chosen_logps,
+                    "reference_rejected_logps": reference_rejected_logps,
+                    "chosen_length": chosen_length, "rejected_length": rejected_length, "loss": loss}
+        per_pair = {name: value for name, value in per_pair.items() if value is not None}
         batch = _Batch(step=_step_value(step), split=_split_value(split), epoch=_epoch_value(epoch),
-                       values=_float64_columns(given))
+                       values=_float64_columns(per_pair))
         batch.example_ids = _example_ids(example_id, batch.size)
         self._check_columns(batch)
 
@@ -235,7 +235,7 @@ class Recorder:
 class _Batch:
     """The rows of one `log` call: shared step, split and epoch, and per-pair float64 columns."""
 
-    __slots__ = ("step", "split", "epoch", "values", "example_ids", "size")
+    __slots__ = ("epoch", "example_ids", "size", "split", "step", "values")
 
     def __init__(self, step: int, split: str, epoch: float | None, values: dict[str, np.ndarray]):
         self.step = step
@@ -265,7 +265,7 @@ def _first_free_index(folder: Path, prefix: str, append: bool) -> int:
     """Return the index of the next shard, creating the folder when it is missing.
 
     Raises:
-        OutputError: `folder` is a file, cannot be created, or holds shards and `append` is false.
+        OutputError: `folder` is a file, cannot be created, or contains shards and `append` is false.
     """
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: is a file; give the Recorder a folder for its shards")
@@ -277,7 +277,7 @@ def _first_free_index(folder: Path, prefix: str, append: bool) -> int:
     indices = [int(match.group(1)) for path in folder.iterdir()
                if (match := pattern.fullmatch(path.name))]
     if indices and not append:
-        raise OutputError(f"{folder}: holds {len(indices)} shards {prefix}-*.parquet already; pass "
+        raise OutputError(f"{folder}: contains {len(indices)} shards {prefix}-*.parquet already; pass "
                           "append=True to add to that run, or give the Recorder an empty folder")
     return max(indices) + 1 if indices else 0
 
@@ -311,17 +311,17 @@ def _epoch_value(epoch) -> float | None:
     return float(epoch)
 
 
-def _float64_columns(given: dict[str, Any]) -> dict[str, np.ndarray]:
+def _float64_columns(per_pair: dict[str, Any]) -> dict[str, np.ndarray]:
     """Convert the per-pair arguments to 1-D float64 numpy arrays of one length.
 
     Tensors on one device are stacked there and copied to the host in one transfer. Every
     returned array is a new copy, so later in-place changes by the caller do not reach the
     buffer. A scalar `loss` is one value for the whole batch.
     """
-    size = _length_of(given["policy_chosen_logps"], "policy_chosen_logps")
+    size = _length_of(per_pair["policy_chosen_logps"], "policy_chosen_logps")
     columns: dict[str, np.ndarray] = {}
     by_device: dict[Any, list[tuple[str, Any]]] = {}
-    for name, value in given.items():
+    for name, value in per_pair.items():
         if torch is not None and isinstance(value, torch.Tensor):
             _check_tensor(name, value, size)
             by_device.setdefault(value.device, []).append((name, value))
@@ -385,4 +385,4 @@ def _example_ids(example_id, size: int) -> list[str] | None:
     return [None if value is None else str(value) for value in example_id]
 
 
-__all__ = ["Recorder", "SHARD_GLOB"]
+__all__ = ["SHARD_GLOB", "Recorder"]

@@ -164,7 +164,7 @@ def load_tokenizer(folder: Path):
     """Load the tokenizer in `folder` with transformers, from local files only.
 
     Raises:
-        UsageError: transformers is missing, or `folder` holds no loadable tokenizer.
+        UsageError: transformers is missing, or `folder` contains no loadable tokenizer.
     """
     transformers = _transformers()
     if not folder.is_dir():
@@ -174,7 +174,7 @@ def load_tokenizer(folder: Path):
                                                                trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{folder}: cannot load a tokenizer ({_first_line(exc)}); pass --tokenizer "
-                         "with a folder that holds tokenizer.json or the tokenizer's files") from None
+                         "with a folder that contains tokenizer.json or the tokenizer's files") from None
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
         raise UsageError(f"{folder}: the tokenizer has neither a pad nor an EOS token, so batches "
                          "cannot be padded; set pad_token in its tokenizer_config.json")
@@ -194,10 +194,10 @@ def check_safetensors_folder(folder: Path) -> None:
         return
     pickled = sorted(name for name in files if name.lower().endswith(PICKLE_SUFFIXES))
     if pickled:
-        raise UsageError(f"{folder}: holds pickle-based weights ({pickled[0]}) and no .safetensors "
+        raise UsageError(f"{folder}: contains pickle-based weights ({pickled[0]}) and no .safetensors "
                          "file; dpodiag never unpickles weights, so convert them first with "
                          "model.save_pretrained(folder, safe_serialization=True) in a trusted environment")
-    raise UsageError(f"{folder}: holds no .safetensors weights; pass a folder saved with save_pretrained")
+    raise UsageError(f"{folder}: no .safetensors weights found; pass a folder saved with save_pretrained")
 
 
 def load_model(folder: Path, dtype: str, device):
@@ -265,7 +265,7 @@ def _encode(tokenizer, prompt, response) -> tuple[list[int], list[int]]:
     """Return the token ids of the prompt alone and of prompt + response."""
     if _is_messages(prompt) or _is_messages(response):
         if not tokenizer.chat_template:
-            raise UsageError("the dataset holds conversations (lists of messages) but the tokenizer has no "
+            raise UsageError("the dataset contains conversations (lists of messages) but the tokenizer has no "
                              "chat template; pass --tokenizer with one, or store prompt and responses as text")
         prompt_messages = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
         response_messages = response if _is_messages(response) else [{"role": "assistant", "content": response}]
@@ -293,7 +293,7 @@ def score_encoded(model, encoded: list[EncodedPair], tokenizer, batch_size: int,
 
     sequences = [(pair.chosen_ids, pair.chosen_start) for pair in encoded] + \
                 [(pair.rejected_ids, pair.rejected_start) for pair in encoded]
-    # Score the longest sequences first, so a batch holds sequences of similar length.
+    # Score the longest sequences first, so a batch contains sequences of similar length.
     order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index][0]))
     totals = np.zeros(len(sequences), dtype=np.float64)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -415,4 +415,4 @@ def _first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-__all__ = ["score_pairs", "score_metadata", "pair_log_bytes", "read_preference_dataset", "response_start"]
+__all__ = ["pair_log_bytes", "read_preference_dataset", "response_start", "score_metadata", "score_pairs"]

@@ -12,14 +12,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
+from synthetic import make_pairs, write_parquet
 
 import dpodiag
 from dpodiag.errors import InputError, OutputError, UsageError
 from dpodiag.io import load_runs
 from dpodiag.record import Recorder
-from synthetic import make_pairs, write_parquet
-
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def log_frame(recorder, frame):
@@ -61,7 +59,7 @@ def test_check_cli_reads_folder_as_one_run(tmp_path):
     with Recorder(tmp_path / "run", beta=0.1, loss_type="sigmoid", flush_rows=16) as recorder:
         log_frame(recorder, make_pairs(steps=30, pairs=16))
     result = subprocess.run([sys.executable, "-m", "dpodiag", "check", str(tmp_path / "run"),
-                             "--format", "json"], capture_output=True, text=True, timeout=300)
+                             "--format", "json"], capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)["runs"]
     assert (run["run"], run["rows"], run["beta_source"]) == ("run", 30 * 16, "metadata")
@@ -148,10 +146,9 @@ def test_flush_seconds(tmp_path):
 
 
 def test_exception_in_with_block_flushes(tmp_path):
-    with pytest.raises(RuntimeError):
-        with Recorder(tmp_path) as recorder:
-            recorder.log(step=0, policy_chosen_logps=[-1.0], policy_rejected_logps=[-2.0])
-            raise RuntimeError("training failed")
+    with pytest.raises(RuntimeError), Recorder(tmp_path) as recorder:
+        recorder.log(step=0, policy_chosen_logps=[-1.0], policy_rejected_logps=[-2.0])
+        raise RuntimeError("training failed")
     assert recorder.closed
     assert pq.read_metadata(tmp_path / "part-00000.parquet").num_rows == 1
 
@@ -164,7 +161,7 @@ def run_script(body: str, folder: Path) -> subprocess.CompletedProcess:
         for step in range(9):
             recorder.log(step=step, policy_chosen_logps=[-1.0] * 4, policy_rejected_logps=[-2.0] * 4)
     """) + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120)
 
 
 def test_killed_process_keeps_flushed_batches(tmp_path):
@@ -226,9 +223,8 @@ def test_rank_prefixes_form_one_run(tmp_path):
 def test_invalid_arguments(tmp_path, arguments, message):
     values = {"step": 0, "policy_chosen_logps": [-1.0, -2.0], "policy_rejected_logps": [-3.0, -4.0]}
     values.update(arguments)
-    with Recorder(tmp_path) as recorder:
-        with pytest.raises(UsageError, match=message):
-            recorder.log(**values)
+    with Recorder(tmp_path) as recorder, pytest.raises(UsageError, match=message):
+        recorder.log(**values)
 
 
 def test_step_as_tensor(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("transformers", reason="transformers is not installed; pip install -e '.[test]' installs it")
 
-import torch  # noqa: E402
+import torch
+from tiny_hf import char_tokenizer, reversal_pairs, save_tiny_model
 
-from dpodiag.errors import InputError, UsageError  # noqa: E402
-from dpodiag.io import load_runs  # noqa: E402
-from dpodiag.scoring import pair_log_bytes, response_start, score_metadata, score_pairs  # noqa: E402
-from tiny_hf import char_tokenizer, reversal_pairs, save_tiny_model  # noqa: E402
+from dpodiag.errors import InputError, UsageError
+from dpodiag.io import load_runs
+from dpodiag.scoring import pair_log_bytes, response_start, score_metadata, score_pairs
 
 # A minimal chat template: each message as "<s>" + the role's first letter + ":" + the content.
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'][0] }}:{{ m['content'] }}{% endfor %}"
@@ -24,7 +24,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'][0] }}:{{ m['content'] }
 
 def dpodiag(*args):
     return subprocess.run([sys.executable, "-m", "dpodiag", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, check=False, timeout=300)
 
 
 def slow_logp(folder, text_prompt: str, text_full: str) -> tuple[float, int]:
@@ -79,10 +79,10 @@ def test_lengths_count_first_response_token_and_eos(models, dataset):
 
 
 def test_batch_size_does_not_change_scores(models, dataset):
-    one = score_pairs(models[0], dataset, batch_size=1, device="cpu")
-    many = score_pairs(models[0], dataset, batch_size=16, device="cpu")
+    single = score_pairs(models[0], dataset, batch_size=1, device="cpu")
+    batched = score_pairs(models[0], dataset, batch_size=16, device="cpu")
     for column in ("policy_chosen_logps", "policy_rejected_logps"):
-        assert many[column].to_list() == pytest.approx(one[column].to_list(), abs=1e-5)
+        assert batched[column].to_list() == pytest.approx(single[column].to_list(), abs=1e-5)
 
 
 def test_chat_template_conversations(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dpodiag.checks import REGISTRY, SEVERITIES
 
 LEVEL_TEXT = {("pairs",): "pair logs", ("steps",): "step logs",
-              ("pairs", "steps"): "pair and step logs"}
+              ("pairs", "steps"): "pair and step logs",
+              ("pairs", "unpaired"): "pair and unpaired (KTO) logs",
+              ("pairs", "steps", "unpaired"): "pair, step and unpaired (KTO) logs"}
 INTRO = """# Checks
 
 Generated from the check registry by `python -m dpodiag.checks.catalogue > docs/checks.md`;

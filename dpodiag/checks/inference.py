@@ -22,7 +22,7 @@ def _inferred(data: RunData, field: str, code: str, label: str) -> list[Finding]
                          message, evidence=evidence)]
 
 
-@check("beta-inferred", "info", ("pairs", "steps"),
+@check("beta-inferred", "info", ("pairs", "steps", "unpaired"),
        meaning="Beta was not declared; it was inferred from the log (or assumed).",
        causes="No trainer config, metadata, sidecar or --beta flag gives beta.",
        fix="Declare beta with --beta, a sidecar RUN.dpodiag.json or the parquet metadata.")
@@ -30,7 +30,7 @@ def beta_inferred(data: RunData) -> list[Finding]:
     return _inferred(data, "beta", "beta-inferred", "beta")
 
 
-@check("loss-type-inferred", "info", ("pairs", "steps"),
+@check("loss-type-inferred", "info", ("pairs", "steps", "unpaired"),
        meaning="The loss type was not declared; it was inferred from the logged loss (or assumed).",
        causes="No trainer config, metadata, sidecar or --loss-type flag gives the loss type.",
        fix="Declare it with --loss-type, a sidecar RUN.dpodiag.json or the parquet metadata.")

@@ -159,13 +159,15 @@ def loss_type_mismatch(data: RunData) -> list[Finding]:
                                "fitted_rmse": best.rmse, "splits": splits})]
 
 
-@check("loss-mismatch", "error", ("pairs",),
+@check("loss-mismatch", "error", ("pairs", "unpaired"),
        meaning="The logged loss disagrees with the recomputed one and no loss variant, beta or "
                "scale explains it.",
        causes="Extra loss terms (SFT/NLL, auxiliary losses), a loss computed on other pairs than "
               "the logged log-probs, or logged log-probs that are not the ones the loss used.",
        fix="Log the per-pair preference loss and the log-probs from the same forward pass.")
 def loss_mismatch(data: RunData) -> list[Finding]:
+    if data.run.level == "unpaired":
+        return unpaired_loss_mismatch(data)
     hits = {}
     for split, ident in identifications(data).items():
         if not declared_fails(ident) or explained_by_declared_family(ident):
@@ -187,3 +189,19 @@ def loss_mismatch(data: RunData) -> list[Finding]:
                                "best_variant_rmse": best.rmse if best else None, "splits": splits})]
 
 
+
+
+def unpaired_loss_mismatch(data: RunData) -> list[Finding]:
+    """Unpaired logs: the logged per-step mean loss against the recomputed KTO loss."""
+    rows = require_steps(data, "train", ["loss", "loss_recomputed"], 1)
+    logged, recomputed = rows.get_column("loss"), rows.get_column("loss_recomputed")
+    rms = float((logged ** 2).mean() ** 0.5)
+    rmse = float(((logged - recomputed) ** 2).mean() ** 0.5)
+    if rmse <= max(0.01 * rms, 1e-4):
+        return []
+    return [data.finding(
+        "loss-mismatch", "The logged loss does not match the recomputed KTO loss",
+        f"Per step, the logged loss has RMSE {rmse:.3g} against the KTO loss recomputed from the "
+        f"log-ratios with beta {data.run.meta.beta:g} and the logged z0 (logged loss RMS {rms:.3g}). "
+        "Another beta, other class weights or a z0 that is not the one logged explain it.",
+        split="train", evidence={"rmse": rmse, "logged_rms": rms, "beta": data.run.meta.beta})]

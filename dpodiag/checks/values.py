@@ -17,7 +17,7 @@ MIN_STEPS = 5
 MIN_PAIRS = 32
 
 
-@check("non-finite-values", "error", ("pairs", "steps"),
+@check("non-finite-values", "error", ("pairs", "steps", "unpaired"),
        meaning="NaN or Inf in log-probs, rewards, loss or logits.",
        causes="fp16 overflow, a division by an empty mask, a learning rate that diverged.",
        fix="Find the first step with a non-finite value; use bf16 or fp32, check masks and the "
@@ -88,7 +88,7 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
         evidence={"rows": pairs.height, "problems": problems})]
 
 
-@check("too-little-data", "warning", ("pairs", "steps"),
+@check("too-little-data", "warning", ("pairs", "steps", "unpaired"),
        meaning="Too few steps or pairs to judge trends; checks that need more are skipped.",
        causes="A smoke test, a run that crashed early, or a log cut short.",
        fix="Log more steps (logging_steps=1) or run longer before judging the dynamics.")

@@ -21,7 +21,7 @@ first of those that ``_compute_loss`` calls after the loss reads the four tensor
 completion mask and the per-pair loss from the calling frame. No forward pass is added and no
 value is changed. The cost is one device-to-host copy of a few numbers per pair per batch.
 
-What each row holds:
+What each row contains:
 - step: ``trainer.state.global_step`` when the batch was scored, the number of optimizer
   updates before it. TRL logs the window that contains this batch at step + 1 for train, and
   at the same step for eval.
@@ -51,7 +51,7 @@ from dpodiag.record import Recorder
 
 MIN_VERSION = "0.29"
 MAX_VERSION = "2.0"
-# Locals of DPOTrainer._compute_loss that hold the per-pair values in TRL 0.29 to 1.x.
+# Locals of DPOTrainer._compute_loss that contain the per-pair values in TRL 0.29 to 1.x.
 LOGPS_LOCALS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 OTHER_LOCALS = ("completion_mask", "per_sequence_loss")
 # TRL loss types whose formula uses label_smoothing; TRL's "sigmoid" ignores it.
@@ -69,13 +69,16 @@ def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) 
 
     Raises:
         UsageError: TRL is missing or of an unsupported version, `trainer` is not a
-            DPOTrainer, or it uses the Liger kernel, whose loss path this capture cannot read.
+            DPOTrainer, records already, or uses the Liger kernel, whose loss path this
+            capture cannot read.
     """
     version = _check_trl_version()
     from trl import DPOTrainer
 
     if not isinstance(trainer, DPOTrainer):
         raise UsageError(f"record_pairs: expected a trl.DPOTrainer, got {type(trainer).__name__}")
+    if isinstance(getattr(trainer, "compute_loss", None), _CaptureMethod):
+        raise UsageError("record_pairs: this trainer records its pairs already; call record_pairs once per trainer")
     if getattr(trainer, "use_liger_kernel", False) or getattr(trainer.args, "use_liger_kernel", False):
         raise UsageError("record_pairs: DPOConfig(use_liger_kernel=True) computes the loss in a fused "
                          "kernel that exposes no per-pair log-probs; set use_liger_kernel=False to record")
@@ -89,7 +92,7 @@ def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) 
     recorder = Recorder(folder, **metadata, **recorder_options)
 
     capture = _PairCapture(trainer, recorder)
-    trainer.compute_loss = capture.compute_loss
+    trainer.compute_loss = _CaptureMethod(capture)
     trainer.add_callback(_flush_callback(recorder))
     return recorder
 
@@ -141,6 +144,16 @@ def _model_name(model) -> str | None:
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None)
     return str(name) if name else None
+
+
+class _CaptureMethod:
+    """The callable installed as ``trainer.compute_loss``; its type marks a recording trainer."""
+
+    def __init__(self, capture: _PairCapture):
+        self.capture = capture
+
+    def __call__(self, model, inputs, *args, **kwargs):
+        return self.capture.compute_loss(model, inputs, *args, **kwargs)
 
 
 class _PairCapture:
@@ -215,7 +228,7 @@ class _PairCapture:
 def _pair_ids(input_ids, attention_mask) -> list[str]:
     """Return a 16-hex-digit BLAKE2b hash of each pair's unpadded chosen and rejected token ids.
 
-    TRL's batches hold the chosen sequences first and the rejected ones second.
+    TRL's batches contain the chosen sequences first and the rejected ones second.
     """
     ids = input_ids.detach().cpu().numpy()
     mask = attention_mask.detach().cpu().numpy().astype(bool)

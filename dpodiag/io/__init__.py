@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
 from dpodiag.io.pairs import looks_like_pair_log, pair_format, read_pair_log
+from dpodiag.io.unpaired import looks_like_unpaired_log, read_unpaired_log
 from dpodiag.io.source import gzip_is_cut, logical_suffix, read_head, reject_other_separator, reject_utf16
 from dpodiag.schema import Run
 
@@ -45,6 +46,8 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
     """Read one file with the reader its name and content select."""
     if path.suffix.lower() in (".parquet", ".pq") and canonical_level(path) == "steps":
         return read_canonical_steps(path, flags)
+    if pair_format(path) and not looks_like_pair_log(path, column_map) and looks_like_unpaired_log(path):
+        return read_unpaired_log(path, flags=flags, run_name=run_name)
     step_reader = _step_reader()
     if pair_format(path) and (looks_like_pair_log(path, column_map) or step_reader is None
                               or not step_reader.sniff_step_log(path)):

@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from dpodiag.errors import InputError, NoDataError
+from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, read_parquet_meta
 from dpodiag.io.source import logical_suffix, table_error, table_source
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, Run, RunMeta
@@ -113,55 +114,88 @@ def scan_table(path: Path | list[Path] | io.BytesIO, fmt: str, mapping: dict[str
     return frame.select(columns).rename({their: canonical for canonical, their in mapping.items()})
 
 
-def cast_columns(path: Path, frame: pl.DataFrame, mapping: dict[str, str]) -> pl.DataFrame:
-    """Cast every column to its canonical dtype; a value that does not parse is an error."""
+def cast_expressions(schema: pl.Schema) -> list[pl.Expr]:
+    """Expressions that give each column of `schema` its canonical dtype; columns that have it
+    already are left out, so they are not copied. `split_expression` sets "split", and the
+    reader sets "run" to the run's name."""
     casts = []
-    for name in frame.columns:
-        dtype = PAIR_COLUMNS[name]
-        if dtype == pl.Utf8:
-            casts.append(pl.col(name).cast(pl.Utf8))
-        elif frame.schema[name] == pl.Utf8:
-            casts.append(pl.col(name).str.strip_chars().cast(dtype, strict=False))
-        else:
-            casts.append(pl.col(name).cast(dtype, strict=False))
-    cast = frame.select(casts)
-
-    # A value that was present but became null did not parse as a number.
-    for name in frame.columns:
-        if PAIR_COLUMNS[name] == pl.Utf8:
+    for name, dtype in schema.items():
+        canonical = PAIR_COLUMNS[name]
+        if name in ("split", "run") or dtype == canonical:
             continue
-        bad = frame.get_column(name).is_not_null() & cast.get_column(name).is_null()
-        if bad.any():
-            row = int(bad.arg_max())
-            value = frame.get_column(name)[row]
-            expected = "an integer that fits in 64 bits" if PAIR_COLUMNS[name] == pl.Int64 else "a number"
-            raise InputError(path, f"column {mapping[name]!r}, row {row + 1}: expected {expected}, "
-                                   f"got {str(value)[:40]!r}", "fix the value or drop the row")
-    return cast
+        if canonical == pl.Utf8:
+            casts.append(pl.col(name).cast(pl.Utf8))
+        elif dtype == pl.Utf8:
+            casts.append(pl.col(name).str.strip_chars().cast(canonical, strict=False))
+        else:
+            casts.append(pl.col(name).cast(canonical, strict=False))
+    return casts
 
 
-def normalise_splits(frame: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
-    """Default the split to "train" and map validation/test names onto "eval"."""
-    if "split" not in frame.columns:
-        return frame.with_columns(pl.lit("train").alias("split"))
-    lowered = pl.col("split").str.strip_chars().str.to_lowercase()
-    renamed = frame.with_columns(
-        pl.when(lowered.is_in(list(EVAL_SPLIT_NAMES))).then(pl.lit("eval"))
-        .when(lowered.is_null() | (lowered == "") | (lowered == "training")).then(pl.lit("train"))
-        .otherwise(lowered).alias("split"))
-    others = sorted(set(renamed.get_column("split").unique().to_list()) - {"train", "eval"})
+def check_parsed(path: Path, table: pl.LazyFrame, schema: pl.Schema, mapping: dict[str, str],
+                 engine: str = "auto") -> None:
+    """Raise on the first text value, in column order, that does not parse as its column's number.
+
+    Only text columns with a numeric canonical dtype are scanned; numeric columns always cast.
+    """
+    text = [name for name, dtype in schema.items() if dtype == pl.Utf8 and PAIR_COLUMNS[name] != pl.Utf8]
+    if not text:
+        return
+    parsed = {expr.meta.output_name(): expr for expr in cast_expressions(schema)}
+    first_bad = table.with_row_index("row").select(
+        pl.col("row").filter(pl.col(name).is_not_null() & parsed[name].is_null()).first().alias(name)
+        for name in text).collect(engine=engine)
+    for name in text:
+        row = first_bad.get_column(name)[0]
+        if row is None:
+            continue
+        value = table.slice(row, 1).select(name).collect(engine=engine).item()
+        expected = "an integer that fits in 64 bits" if PAIR_COLUMNS[name] == pl.Int64 else "a number"
+        raise InputError(path, f"column {mapping[name]!r}, row {row + 1}: expected {expected}, "
+                               f"got {str(value)[:40]!r}", "fix the value or drop the row")
+
+
+def canonical_split(column: pl.Expr) -> pl.Expr:
+    """Map split names onto "train" and "eval": validation and test names are "eval", a missing
+    or empty name and "training" are "train", and other names are kept in lower case."""
+    lowered = column.str.strip_chars().str.to_lowercase()
+    return (pl.when(lowered.is_in(list(EVAL_SPLIT_NAMES))).then(pl.lit("eval"))
+            .when(lowered.is_null() | (lowered == "") | (lowered == "training")).then(pl.lit("train"))
+            .otherwise(lowered))
+
+
+def split_expression(schema: pl.Schema, values: pl.Series | None, notes: list[str]) -> pl.Expr:
+    """The canonical split column, from the distinct split `values` of the table.
+
+    The mapping is computed once per distinct value, not per row, and applied by lookup.
+    """
+    if values is None:
+        return pl.lit("train").alias("split")
+    names = pl.DataFrame({"raw": values.cast(pl.Utf8)}).with_columns(canonical_split(pl.col("raw")).alias("split"))
+    mapping = dict(names.drop_nulls("raw").iter_rows())
+    others = sorted(set(names.get_column("split").to_list()) - {"train", "eval"})
     if others:
         notes.append(f"split values {others} kept as they are (only train and eval are known)")
-    return renamed
+    if schema["split"] == pl.Utf8 and values.null_count() == 0 and all(k == v for k, v in mapping.items()):
+        return pl.col("split")
+    return pl.col("split").replace_strict(mapping, return_dtype=pl.Utf8).fill_null("train").alias("split")
+
+
+def run_filter(name: str, default_name: str) -> pl.Expr:
+    """Rows of run `name`; rows without a run name belong to `default_name`."""
+    same = pl.col("run") == name
+    return same | pl.col("run").is_null() if name == default_name else same
 
 
 def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
                   flags: dict | None = None, run_name: str | None = None,
-                  shards: list[Path] | None = None) -> list[Run]:
+                  shards: list[Path] | None = None, streaming: bool | None = None) -> list[Run]:
     """Read a pair log into one Run per run name found in it.
 
     `shards` are parquet files of one run read as one table in place of `path`, which is then
-    their folder. The first shard's columns and metadata apply to all of them.
+    their folder. The first shard's columns and metadata apply to all of them. `streaming` True
+    keeps each Run's table a LazyFrame over the file, False reads it into memory, and None
+    decides by size (see `dpodiag.io.budget`).
 
     Raises:
         InputError: the file cannot be read, or a required column is missing or invalid.
@@ -179,33 +213,109 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
         listed = ", ".join(unmapped[:20]) + (f" and {len(unmapped) - 20} more" if len(unmapped) > 20 else "")
         notes.append(f"columns not read (no canonical meaning; map one with --column): {listed}")
 
-    # Read the mapped columns and give them their canonical types.
+    # Plan the read of the mapped columns; stream it when asked to or when it is too large.
     separator = "\t" if logical_suffix(first) == ".tsv" else ","
     try:
-        raw = scan_table(shards or source, fmt, mapping, separator).collect()
+        plan = scan_table(shards or source, fmt, mapping, separator)
+        schema = plan.collect_schema()
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
         raise table_error(path, fmt, exc) from None
-    if raw.height == 0:
-        raise NoDataError(path, "the table has no rows", "pass a log with at least one scored pair")
-    frame = cast_columns(path, raw, mapping)
-    frame = normalise_splits(frame, notes)
-    null_steps = frame.get_column("step").null_count()
-    if null_steps:
-        raise InputError(path, f"column {mapping['step']!r}: {null_steps} rows have no step",
-                         "give every row its optimizer step")
+    on_disk = not isinstance(source, io.BytesIO)
+    rows = budget.parquet_rows(shards or [source]) if fmt == "parquet" and on_disk else None
+    stream = on_disk and budget.should_stream(budget.streaming_requested(streaming), rows, schema)
+    reader = PairTableReader(path, fmt, plan, schema, mapping, run_name or _stem(path), notes,
+                             engine="streaming" if stream else "auto")
+    try:
+        tables = reader.streamed_tables() if stream else reader.tables()
+    except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
+        raise table_error(path, fmt, exc) from None
 
     # One Run per run name; the file's stem names a file with a single run.
     file_meta = read_parquet_meta(first, key_value) if fmt == "parquet" else {}
-    default_name = run_name or _stem(path)
-    if "run" not in frame.columns:
-        frame = frame.with_columns(pl.lit(default_name).alias("run"))
-    frame = frame.with_columns(pl.col("run").fill_null(default_name))
-    runs = []
-    for (name,), part in frame.sort("run").group_by("run", maintain_order=True):
-        meta = apply_metadata(RunMeta(), path, file_meta, flags)
-        runs.append(Run(name=str(name), source=str(path), level="pairs", table=part,
-                        meta=meta, format=fmt, column_mapping=dict(mapping), notes=list(notes)))
-    return runs
+    return [Run(name=name, source=str(path), level="pairs", table=table,
+                meta=apply_metadata(RunMeta(), path, file_meta, flags), format=fmt,
+                column_mapping=dict(mapping), notes=list(reader.notes))
+            for name, table in tables.items()]
+
+
+class PairTableReader:
+    """Reads the planned scan of a pair log into canonical tables, one per run name.
+
+    In memory, a file with several runs is read once per run with a filter on the run column,
+    which parquet row-group statistics turn into skipped row groups when the file is ordered
+    by run; other sources are read once and partitioned. Streamed, each run's table stays a
+    LazyFrame with the same casts and filter.
+    """
+
+    def __init__(self, path: Path, fmt: str, plan: pl.LazyFrame, schema: pl.Schema,
+                 mapping: dict[str, str], default_name: str, notes: list[str], engine: str):
+        self.path, self.fmt, self.plan, self.schema = path, fmt, plan, schema
+        self.mapping, self.default_name, self.notes, self.engine = mapping, default_name, notes, engine
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """Read every run's canonical table into memory, in run-name order."""
+        run_names = self._run_names() if self._read_per_run() else None
+        if run_names is not None and len(run_names) > 1:
+            check_parsed(self.path, self.plan, self.schema, self.mapping)
+            split = split_expression(self.schema, self._split_values(), self.notes)
+            parts = {name: self._canonical(self.plan.filter(run_filter(name, self.default_name)),
+                                           name, split).collect()
+                     for name in run_names}
+            self._check_rows(sum(p.height for p in parts.values()),
+                             sum(p.get_column("step").null_count() for p in parts.values()))
+            return parts
+
+        raw = self.plan.collect()
+        self._check_rows(raw.height, raw.get_column("step").null_count())
+        check_parsed(self.path, raw.lazy(), self.schema, self.mapping)
+        values = raw.get_column("split").unique() if "split" in self.schema else None
+        split = split_expression(self.schema, values, self.notes)
+        run_names = [self.default_name]
+        if "run" in self.schema:
+            raw = raw.with_columns(pl.col("run").cast(pl.Utf8).fill_null(self.default_name))
+            run_names = sorted(raw.get_column("run").unique().to_list())
+        if len(run_names) == 1:
+            return {run_names[0]: self._canonical(raw, run_names[0], split)}
+        parts = raw.partition_by("run", maintain_order=True, as_dict=True)
+        del raw
+        return {name: self._canonical(parts[(name,)], name, split) for name in run_names}
+
+    def streamed_tables(self) -> dict[str, pl.LazyFrame]:
+        """Check the log with streaming scans and return every run's table as a LazyFrame."""
+        check_parsed(self.path, self.plan, self.schema, self.mapping, self.engine)
+        counts = self.plan.select(pl.len().alias("rows"), pl.col("step").null_count().alias("null_steps"))
+        rows, null_steps = counts.collect(engine=self.engine).row(0)
+        self._check_rows(rows, null_steps)
+        split = split_expression(self.schema, self._split_values(), self.notes)
+        run_names = self._run_names() if "run" in self.schema else [self.default_name]
+        if len(run_names) == 1:
+            return {run_names[0]: self._canonical(self.plan, run_names[0], split)}
+        return {name: self._canonical(self.plan.filter(run_filter(name, self.default_name)), name, split)
+                for name in run_names}
+
+    def _read_per_run(self) -> bool:
+        return "run" in self.schema and self.fmt in ("parquet", "arrow")
+
+    def _run_names(self) -> list[str]:
+        column = pl.col("run").cast(pl.Utf8).fill_null(self.default_name)
+        names = self.plan.select(column.unique()).collect(engine=self.engine).get_column("run")
+        return sorted(names.to_list())
+
+    def _split_values(self) -> pl.Series | None:
+        if "split" not in self.schema:
+            return None
+        return self.plan.select(pl.col("split").unique()).collect(engine=self.engine).get_column("split")
+
+    def _check_rows(self, rows: int, null_steps: int) -> None:
+        if rows == 0:
+            raise NoDataError(self.path, "the table has no rows", "pass a log with at least one scored pair")
+        if null_steps:
+            raise InputError(self.path, f"column {self.mapping['step']!r}: {null_steps} rows have no step",
+                             "give every row its optimizer step")
+
+    def _canonical(self, table, name: str, split: pl.Expr):
+        """Give `table` (a DataFrame or LazyFrame) its canonical dtypes, splits and run name."""
+        return table.with_columns(*cast_expressions(self.schema), split, pl.lit(name).alias("run"))
 
 
 def _stem(path: Path) -> str:

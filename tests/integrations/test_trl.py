@@ -13,10 +13,11 @@ import pytest
 
 pytest.importorskip("trl", reason="TRL is not installed; pip install -e '.[test]' installs it")
 
-import dpodiag  # noqa: E402
-from dpodiag.errors import UsageError  # noqa: E402
-from dpodiag.integrations.trl import record_pairs  # noqa: E402
-from tiny_hf import reversal_pairs, save_tiny_model  # noqa: E402
+from tiny_hf import reversal_pairs, save_tiny_model
+
+import dpodiag
+from dpodiag.errors import UsageError
+from dpodiag.integrations.trl import record_pairs
 
 BETA = 0.1
 # TRL averages float32 values in float32; the recorder stores the same float32 values as
@@ -35,10 +36,11 @@ def train(folder, output_dir, *, record=True, **config):
 
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    settings = dict(output_dir=str(output_dir), per_device_train_batch_size=4,
-                    per_device_eval_batch_size=4, max_steps=6, logging_steps=1, eval_strategy="steps",
-                    eval_steps=3, learning_rate=1e-2, beta=BETA, report_to="none", save_strategy="no",
-                    use_cpu=True, seed=0, disable_tqdm=True)
+    settings = {"output_dir": str(output_dir), "per_device_train_batch_size": 4,
+                "per_device_eval_batch_size": 4, "max_steps": 6, "logging_steps": 1,
+                "eval_strategy": "steps", "eval_steps": 3, "learning_rate": 1e-2, "beta": BETA,
+                "report_to": "none", "save_strategy": "no", "use_cpu": True, "seed": 0,
+                "disable_tqdm": True}
     settings.update(config)
     trainer = DPOTrainer(model=model, args=DPOConfig(**settings), processing_class=tokenizer,
                          train_dataset=Dataset.from_dict(reversal_pairs(32, seed=1)),
@@ -105,7 +107,7 @@ def assert_close(found):
 def test_check_reads_recorded_folder(recorded):
     _, folder = recorded
     result = subprocess.run([sys.executable, "-m", "dpodiag", "check", str(folder), "--format", "json"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     (run,) = document["runs"]
@@ -192,3 +194,9 @@ def test_score_reproduces_trl_reference_logps(recorded, model_folder, tmp_path):
         assert scored[f"policy_{side}_logps"].to_list() == \
             pytest.approx(eval_rows[f"reference_{side}_logps"].to_list(), abs=1e-5)
         assert scored[f"{side}_length"].to_list() == eval_rows[f"{side}_length"].to_list()
+
+
+def test_rejects_second_recorder(recorded):
+    trainer, _ = recorded
+    with pytest.raises(UsageError, match="records its pairs already"):
+        record_pairs(trainer)
