@@ -31,7 +31,7 @@ class InputError(DpodiagError):
 
 
 class NoDataError(InputError):
-    """A readable input that holds no usable records."""
+    """A readable input that contains no usable records."""
 
 
 class OutputError(DpodiagError):

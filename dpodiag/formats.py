@@ -27,7 +27,7 @@ def _clean(value):
 
 
 def to_json(diagnosis: Diagnosis) -> str:
-    """The JSON document, strict JSON (non-finite numbers become null)."""
+    """Render the JSON document as strict JSON (non-finite numbers become null)."""
     return json.dumps(_clean(diagnosis.to_dict()), indent=2, default=_json_default,
                       allow_nan=False) + "\n"
 
@@ -76,7 +76,7 @@ def _cell(text: str) -> str:
 
 
 def to_markdown(diagnosis: Diagnosis) -> str:
-    """A short summary to paste into a review: verdict, findings table, key figures per run."""
+    """Render a short summary to paste into a review: verdict, findings table, key figures per run."""
     worst = diagnosis.worst()
     verdict = {"error": "**Objective errors found.**", "warning": "No objective error; warnings below.",
                None: "No error or warning.", "info": "No error or warning."}[worst]

@@ -33,7 +33,7 @@ class Diagnosis:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of `dpodiag check --format json`."""
+        """Return the JSON document of `dpodiag check --format json`."""
         return {"dpodiag_version": __version__,
                 "runs": [run_summary(data.run) for data in self.runs],
                 "findings": [f.to_dict() for f in self.findings]}
@@ -65,8 +65,11 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
 
 
 def derive_step_margins(run: Run):
-    """The step table, with rewards_margins = rewards_chosen - rewards_rejected where a trainer
-    logs the two rewards but not their margin (a mean of differences is the difference of means)."""
+    """Return the step table with rewards_margins = rewards_chosen - rewards_rejected added.
+
+    Some trainers log the two rewards but not their margin; the mean of the differences is the
+    difference of the means, so the margin follows exactly.
+    """
     table = run.table
     if "rewards_margins" in table.columns or not {"rewards_chosen", "rewards_rejected"} <= set(table.columns):
         return table

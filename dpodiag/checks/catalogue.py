@@ -22,7 +22,7 @@ evidence level, too few records) skips itself, and `dpodiag check -v` lists why 
 
 
 def catalogue_markdown() -> str:
-    """Every registered check, grouped by severity: code, level, meaning, causes and fix."""
+    """Render every registered check as Markdown, grouped by severity: code, level, meaning, causes, fix."""
     lines = [INTRO]
     for severity in SEVERITIES:
         specs = [spec for spec in REGISTRY.values() if spec.severity == severity]

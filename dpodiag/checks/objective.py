@@ -62,7 +62,7 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
 
 
 def sign_error_text(data: RunData, evidence: dict) -> str:
-    """A sentence when the logged loss is the declared loss with the margin's sign flipped."""
+    """Return a sentence when the logged loss is the declared loss with the margin's sign flipped."""
     try:
         ident = identifications(data).get("train")
     except Skip:

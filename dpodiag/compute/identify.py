@@ -2,7 +2,7 @@
 
 Given the loss a trainer logged per pair (or per batch) and the log-ratios of the same pairs,
 each candidate configuration predicts the logged values; the root-mean-square error (RMSE) of
-that prediction says how well the configuration explains the log.
+that prediction measures how well the configuration explains the log.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FIT_COLUMNS = ["split", "step", "loss", "chosen_logratio", "rejected_logratio", 
 
 @dataclass
 class LossFit:
-    """How well one configuration explains the logged losses."""
+    """Fit quality of one configuration against the logged losses."""
 
     loss_type: str
     beta: float
