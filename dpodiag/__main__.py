@@ -1,12 +1,13 @@
 """`python -m dpodiag` runs the CLI."""
 
-import sys
+from dpodiag.cli.signals import deferred_signals
 
-# Importing the CLI loads torch, which takes about a second; Ctrl-C during it exits quietly.
-try:
+# The imports take a second or more (torch, scipy). SIGINT or SIGTERM during them exits, after
+# them, with one line and the status that `main` gives. The modules that the commands import
+# on first use are imported here for the same reason.
+with deferred_signals():
+    import dpodiag.pipeline  # noqa: F401
+    import dpodiag.report  # noqa: F401
     from dpodiag.cli.main import main
-except KeyboardInterrupt:
-    sys.stderr.write("dpodiag: interrupted\n")
-    sys.exit(130)
 
 main()

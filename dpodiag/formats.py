@@ -41,8 +41,8 @@ def _run_line(summary: dict) -> str:
 
 
 def to_text(diagnosis: Diagnosis, verbose: bool = False, width: int = 100) -> str:
-    """Findings grouped by run, errors first; info findings and the reader's notes (rows
-    dropped, values repaired, a log cut off mid-write) only when `verbose`."""
+    """Render the findings grouped by run, errors first. Info findings and the reader's notes
+    (rows dropped, values repaired, a log cut off mid-write) are listed only when `verbose`."""
     lines: list[str] = []
     for data in diagnosis.runs:
         lines.append(_run_line(run_summary(data.run)))

@@ -17,15 +17,16 @@ def describe_run(run: Run) -> dict[str, Any]:
     from dpodiag.dialects import DIALECTS
 
     first, last = run.steps
-    counts = run.table.group_by("split").agg(pl.len().alias("n"), pl.col("step").n_unique().alias("steps"))
+    counts = (run.table.lazy().group_by("split").agg(pl.len().alias("n"), pl.col("step").n_unique().alias("steps"))
+              .collect(engine="streaming" if run.streaming else "auto"))
     dialect = DIALECTS.get(run.dialect or "")
     return {
         "run": run.name, "source": run.source, "format": run.format, "level": run.level,
         "dialect": run.dialect, "dialect_description": dialect.description if dialect else None,
-        "rows": run.table.height, "first_step": first, "last_step": last,
+        "rows": run.rows, "first_step": first, "last_step": last,
         "splits": {row["split"]: {"rows": row["n"], "steps": row["steps"]}
                    for row in counts.sort("split").iter_rows(named=True)},
-        "columns": run.table.columns,
+        "columns": run.table.collect_schema().names(),
         "column_mapping": {k: v for k, v in run.column_mapping.items() if k != v},
         "metadata": {name: {"value": getattr(run.meta, name), "source": run.meta.source_of(name)}
                      for name in META_FIELDS if getattr(run.meta, name) is not None},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import polars as pl
 from dpodiag import __version__
 from dpodiag.checks import Finding, RunData, run_checks
 from dpodiag.compute.aggregate import step_aggregates
-from dpodiag.compute.device import resolve_device
+from dpodiag.compute.device import cpu_threads, resolve_device
 from dpodiag.compute.infer import infer_pair_meta, infer_step_meta
-from dpodiag.compute.recompute import recompute
+from dpodiag.compute.recompute import recompute, recompute_to_files
 from dpodiag.errors import UsageError
 from dpodiag.io import load_runs
 from dpodiag.schema import Run
@@ -41,7 +42,7 @@ class Diagnosis:
 
 def run_summary(run: Run) -> dict[str, Any]:
     first, last = run.steps
-    return {"run": run.name, "source": run.source, "level": run.level, "rows": run.table.height,
+    return {"run": run.name, "source": run.source, "level": run.level, "rows": run.rows,
             "splits": run.splits, "first_step": first, "last_step": last,
             "beta": run.meta.beta, "beta_source": run.meta.source_of("beta"),
             "loss_type": run.meta.loss_type, "loss_type_source": run.meta.source_of("loss_type")}
@@ -60,7 +61,7 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
         seen[run.name] = count
         if count > 1:
             run.name = f"{run.name}-{count}"
-            run.table = run.table.with_columns(run.table.get_column("run").str.replace(r".*", run.name))
+            run.table = run.table.with_columns(pl.lit(run.name).alias("run"))
     return runs
 
 
@@ -90,14 +91,28 @@ def analyse(run: Run, device: str = "auto") -> RunData:
         infer_step_meta(run)
         return RunData(run=run, steps=derive_step_margins(run))
     infer_pair_meta(run)
+    if run.streaming:
+        return analyse_streamed(run, device)
     pairs = recompute(run, resolve_device(device))
     return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs)
+
+
+def analyse_streamed(run: Run, device: str = "auto") -> RunData:
+    """Recompute a streamed pair log into a temporary folder and aggregate it per step.
+
+    The folder, in the system's temporary directory ($TMPDIR), holds the recomputed pair table
+    as parquet files, about the size of the log; it is removed with the RunData.
+    """
+    scratch = tempfile.TemporaryDirectory(prefix="dpodiag-")
+    pairs = recompute_to_files(run, resolve_device(device), Path(scratch.name) / "pairs")
+    return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs, scratch=scratch)
 
 
 def diagnose(runs: list[Run], device: str = "auto") -> Diagnosis:
     """Analyse and check every run."""
     if not runs:
         raise UsageError("no run to diagnose")
-    analysed = [analyse(run, device) for run in runs]
-    findings = [finding for data in analysed for finding in run_checks(data)]
+    with cpu_threads():
+        analysed = [analyse(run, device) for run in runs]
+        findings = [finding for data in analysed for finding in run_checks(data)]
     return Diagnosis(runs=analysed, findings=findings)

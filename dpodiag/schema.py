@@ -146,7 +146,7 @@ class Run:
 
     @property
     def rows(self) -> int:
-        return self._table_summary()["rows"]
+        return self._table_summary()["rows"] if self.streaming else self.table.height
 
     @property
     def splits(self) -> list[str]:
@@ -162,7 +162,10 @@ class Run:
         """Rows, splits and first and last step; one streaming scan for a LazyFrame, cached
         because a scanned table does not change."""
         if not self.streaming:
-            return _summarise(self.table)
+            # A DataFrame is replaced, never changed in place, so its id identifies its summary.
+            if self._summary is None or self._summary.get("table") != id(self.table):
+                self._summary = {**_summarise(self.table), "table": id(self.table)}
+            return self._summary
         if self._summary is None:
             counts = self.table.select(pl.len().alias("rows"), pl.col("step").min().alias("first_step"),
                                        pl.col("step").max().alias("last_step")).collect(engine="streaming")

@@ -81,6 +81,7 @@ def score_pairs(policy: str | Path, dataset: str | Path, *, reference: str | Pat
     counter = _ProgressCounter(progress, total=2 * len(encoded) * len(models))
     for role, folder in models.items():
         model = load_model(Path(folder), dtype, torch_device)
+        check_context_length(model, encoded, pairs["example_id"], Path(folder))
         chosen, rejected = score_encoded(model, encoded, tokenizer_object, batch_size, torch_device, counter)
         columns[f"{role}_chosen_logps"] = chosen
         columns[f"{role}_rejected_logps"] = rejected
@@ -213,6 +214,21 @@ def load_model(folder: Path, dtype: str, device):
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"{folder}: cannot load a causal language model ({_first_line(exc)})") from None
     return model.to(device).eval()
+
+
+def check_context_length(model, encoded: list[EncodedPair], example_ids: list[str], folder: Path) -> None:
+    """Raise UsageError when a sequence is longer than the model's max_position_embeddings.
+
+    Sequences are never truncated, because a truncated response has a different log-prob.
+    """
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return
+    for pair, example_id in zip(encoded, example_ids):
+        longest = max(len(pair.chosen_ids), len(pair.rejected_ids))
+        if longest > limit:
+            raise UsageError(f"pair {example_id!r} has {longest} tokens, more than the "
+                             f"max_position_embeddings {limit} of {folder}; drop or shorten the pair")
 
 
 # Tokenizing ------------------------------------------------------------------------------

@@ -206,3 +206,11 @@ def test_cuda_matches_cpu(models, dataset):
     cuda = score_pairs(models[0], dataset, reference=models[1], device="cuda", dtype="float32")
     for column in ("policy_chosen_logps", "reference_rejected_logps"):
         assert cuda[column].to_list() == pytest.approx(cpu[column].to_list(), abs=1e-4)
+
+
+def test_rejects_pair_longer_than_context(models, tmp_path):
+    dataset = tmp_path / "long.jsonl"
+    # The tiny Llama has max_position_embeddings 64.
+    dataset.write_text(json.dumps({"prompt": "a" * 40 + ">", "chosen": "b" * 30, "rejected": "c"}) + "\n")
+    with pytest.raises(UsageError, match="pair '0' has 72 tokens, more than the max_position_embeddings 64"):
+        score_pairs(models[0], dataset, device="cpu")

@@ -1,7 +1,7 @@
 """A tiny randomly initialised Llama and a character-level tokenizer, built locally for tests.
 
 Nothing is downloaded: the tokenizer comes from the `tokenizers` library and the model from a
-LlamaConfig with about 10,000 parameters. The preference task is the reversal task of
+LlamaConfig with 5,568 parameters. The preference task is the reversal task of
 sample_logs/tinylm.py: the chosen response reverses the prompt, the rejected one copies it.
 """
 

@@ -46,14 +46,44 @@ class RunData:
     run: Run
     steps: pl.DataFrame
     """One row per (split, step): step-log records, or the aggregates of the pair table."""
-    pairs: pl.DataFrame | None = None
-    """The recomputed pair table (pair logs only)."""
+    pairs: pl.DataFrame | pl.LazyFrame | None = None
+    """The recomputed pair table (pair logs only): a DataFrame, or for a streamed log a LazyFrame
+    over its recomputed files. Checks read it through `scan_pairs` and `collect`."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Results shared by several checks, e.g. the loss identification."""
+    scratch: Any = None
+    """The temporary folder (a tempfile.TemporaryDirectory) that holds a streamed pair table's
+    files; it is removed when this RunData is garbage-collected."""
 
     @property
     def name(self) -> str:
         return self.run.name
+
+    @property
+    def streaming(self) -> bool:
+        """True when the pair table is a streamed scan, never held in memory whole."""
+        return isinstance(self.pairs, pl.LazyFrame)
+
+    @property
+    def engine(self) -> str:
+        """The polars engine for queries over the pair table."""
+        return "streaming" if self.streaming else "auto"
+
+    @property
+    def pair_columns(self) -> list[str]:
+        """Column names of the pair table; empty for a step log."""
+        return [] if self.pairs is None else self.pairs.collect_schema().names()
+
+    def scan_pairs(self) -> pl.LazyFrame:
+        """Return the pair table as a LazyFrame (no copy of an in-memory table); skip the check
+        on a step log."""
+        if self.pairs is None:
+            raise Skip("needs a pair log")
+        return self.pairs.lazy()
+
+    def collect(self, query: pl.LazyFrame) -> pl.DataFrame:
+        """Run a query over the pair table, with the streaming engine for a streamed log."""
+        return query.collect(engine=self.engine)
 
     @property
     def loss_spec(self) -> LossSpec | None:
@@ -88,9 +118,8 @@ class RunData:
     def split_steps(self, split: str) -> pl.DataFrame:
         return self.steps.filter(pl.col("split") == split).sort("step")
 
-    def split_pairs(self, split: str) -> pl.DataFrame:
-        assert self.pairs is not None
-        return self.pairs.filter(pl.col("split") == split)
+    def split_pairs(self, split: str) -> pl.LazyFrame:
+        return self.scan_pairs().filter(pl.col("split") == split)
 
     def finding(self, code: str, title: str, message: str, **kwargs) -> Finding:
         """Make a Finding of check `code` for this run with the registered severity."""
@@ -127,11 +156,9 @@ def check(code: str, severity: str, levels: tuple[str, ...], *, meaning: str, ca
     return register
 
 
-def require_pairs(data: RunData) -> pl.DataFrame:
-    """Return the pair table or skip the check on a step log."""
-    if data.pairs is None:
-        raise Skip("needs a pair log")
-    return data.pairs
+def require_pairs(data: RunData) -> pl.LazyFrame:
+    """Return the pair table as a LazyFrame, or skip the check on a step log."""
+    return data.scan_pairs()
 
 
 def require_reference_loss(data: RunData) -> LossSpec | None:

@@ -17,7 +17,7 @@ from dpodiag.checks.base import (
     end_windows,
     require_steps,
 )
-from dpodiag.checks.reference import policy_movement
+from dpodiag.checks.per_example import policy_movement
 
 # A pair whose gradient weight sigma(-m) is below this contributes almost nothing; the weight
 # equals it at m = ln(19) = 2.94.
@@ -36,8 +36,9 @@ TARGET_MARGIN_LOSSES = {"cdpo", "robust", "ipo", "hinge", "exo_pair", "sppo_hard
            "gradient checkpointing), the learning-rate schedule and beta.")
 def no_learning_signal(data: RunData) -> list[Finding]:
     if data.pairs is not None:
-        moved = policy_movement(data.pairs)
-        steps = data.pairs.get_column("step").n_unique()
+        moved = policy_movement(data)
+        # The step table has a row per (split, step) of the pairs, so it holds the same steps.
+        steps = data.steps.get_column("step").n_unique()
         if moved is None or steps < 2:
             raise Skip("needs policy log-probs at two or more steps")
         if moved > 0:
@@ -117,8 +118,9 @@ def margin_saturation(data: RunData) -> list[Finding]:
     # Pair logs count the pairs with a tiny weight; step logs bound the mean weight.
     saturated_share = late_loss = None
     if data.pairs is not None:
-        last = data.pairs.filter((pl.col("split") == "train") & (pl.col("step") >= late.get_column("step").min()))
-        saturated_share = float((last.get_column("grad_weight") < SATURATED_WEIGHT).mean())
+        last = data.scan_pairs().filter((pl.col("split") == "train")
+                                        & (pl.col("step") >= late.get_column("step").min()))
+        saturated_share = float(data.collect(last.select((pl.col("grad_weight") < SATURATED_WEIGHT).mean())).item())
         saturated = saturated_share > 0.5
         reason = f"{saturated_share:.0%} of late pairs have a gradient weight below {SATURATED_WEIGHT}"
     else:
@@ -193,17 +195,15 @@ LENGTH_CORRELATION_GAIN = 0.2
        fix="Balance lengths in the data, or use a length-normalised loss (sigmoid_norm, SimPO, "
            "R-DPO's length term).")
 def length_exploitation(data: RunData) -> list[Finding]:
-    if data.pairs is None:
-        raise Skip("needs a pair log")
-    pairs = data.pairs
-    if not {"chosen_length", "rejected_length"} <= set(pairs.columns):
+    pairs = data.scan_pairs()
+    if not {"chosen_length", "rejected_length"} <= set(data.pair_columns):
         raise Skip("needs chosen_length and rejected_length")
-    first = pairs.get_column("step").min()
-    per_step = (pairs.filter((pl.col("split") == "train") & (pl.col("step") > first)
-                             & pl.col("margin").is_finite())
-                .with_columns((pl.col("chosen_length") - pl.col("rejected_length")).alias("difference"))
-                .group_by("step").agg(pl.corr("margin", "difference").alias("r"))
-                .filter(pl.col("r").is_finite()).sort("step"))
+    first = data.run.steps[0]
+    per_step = data.collect(
+        pairs.filter((pl.col("split") == "train") & (pl.col("step") > first) & pl.col("margin").is_finite())
+        .with_columns((pl.col("chosen_length") - pl.col("rejected_length")).alias("difference"))
+        .group_by("step").agg(pl.corr("margin", "difference").alias("r"))
+        .filter(pl.col("r").is_finite()).sort("step"))
     if per_step.height < MIN_TREND_STEPS:
         raise Skip("too few train steps with varying length differences")
     early, late = end_windows(per_step)

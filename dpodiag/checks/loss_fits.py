@@ -17,7 +17,7 @@ def identifications(data: RunData) -> dict[str, Identification]:
     if "identification" not in data.cache:
         pairs = require_pairs(data)
         meta = data.run.meta
-        if "loss" not in pairs.columns:
+        if "loss" not in data.pair_columns:
             raise Skip("the log has no per-pair loss column")
         if meta.loss_type is None or meta.beta is None:
             raise Skip("loss type or beta is not declared")
@@ -25,7 +25,7 @@ def identifications(data: RunData) -> dict[str, Identification]:
         for split in data.run.splits:
             fit = identify(pairs.filter(pl.col("split") == split), meta.loss_type, meta.beta,
                            meta.label_smoothing, meta.simpo_gamma,
-                           per_token=meta.logps_normalisation == "mean")
+                           per_token=meta.logps_normalisation == "mean", engine=data.engine)
             if fit is not None and fit.declared is not None:
                 fits[split] = fit
         data.cache["identification"] = fits

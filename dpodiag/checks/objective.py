@@ -85,8 +85,10 @@ def beta_mismatch(data: RunData) -> list[Finding]:
         return beta_from_eval_identity(data)
     hits = {}
     for split, ident in identifications(data).items():
+        if not declared_fails(ident):
+            continue  # the beta fit is computed on first access, so only where it can matter
         fit = ident.beta_fit
-        if not declared_fails(ident) or fit is None or not explains(fit.rmse, ident):
+        if fit is None or not explains(fit.rmse, ident):
             continue
         scale_better = ident.scale_fit is not None and ident.scale_fit.rmse < fit.rmse
         if abs(fit.beta / ident.declared.beta - 1) >= 0.05 and not scale_better:

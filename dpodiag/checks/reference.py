@@ -18,6 +18,7 @@ from dpodiag.checks.eval_identity import (
     eval_identity,
     eval_identity_holds,
 )
+from dpodiag.checks.per_example import example_summary, policy_movement
 from dpodiag.checks.first_record import (
     first_record_check,
     other_zero_margin_match,
@@ -31,8 +32,8 @@ STEP0_RELATIVE_TOLERANCE = 0.01
 STEP0_ABSOLUTE_TOLERANCE = 0.05
 
 
-def _has_reference_columns(pairs: pl.DataFrame) -> bool:
-    return {"reference_chosen_logps", "reference_rejected_logps"} <= set(pairs.columns)
+def _has_reference_columns(columns: list[str]) -> bool:
+    return {"reference_chosen_logps", "reference_rejected_logps"} <= set(columns)
 
 
 @check("reference-missing", "error", ("pairs",),
@@ -47,27 +48,44 @@ def reference_missing(data: RunData) -> list[Finding]:
         raise Skip("the loss type is unknown, so it is unknown whether a reference is needed")
     if data.run.column_mapping.get("chosen_logratio"):
         return []
-    if not _has_reference_columns(pairs):
+    if not _has_reference_columns(data.pair_columns):
         return [data.finding("reference-missing", "No reference log-probs in a reference-based run",
                              f"The loss type is {spec.name}, which needs reference log-probs, but the "
                              "log has neither reference_chosen_logps/reference_rejected_logps nor "
                              "log-ratio columns. Rewards and margins cannot be computed; log the "
                              "reference log-probs per pair.",
-                             evidence={"loss_type": spec.name, "columns": sorted(pairs.columns)})]
+                             evidence={"loss_type": spec.name, "columns": sorted(data.pair_columns)})]
     findings = []
-    for column in ("reference_chosen_logps", "reference_rejected_logps"):
-        values = pairs.get_column(column).drop_nulls()
-        nulls = pairs.get_column(column).null_count()
-        if values.len() == 0 or (values == 0).all() or values.n_unique() == 1:
-            kind = ("empty" if values.len() == 0 else "all zero" if (values == 0).all()
-                    else f"constant ({values[0]})")
+    columns = ("reference_chosen_logps", "reference_rejected_logps")
+    stats = data.collect(pairs.select(
+        pl.len().alias("rows"),
+        *(expr for column in columns for expr in (
+            pl.col(column).count().alias(f"{column}/values"),
+            pl.col(column).null_count().alias(f"{column}/nulls"),
+            (pl.col(column) == 0).all().alias(f"{column}/all_zero"),
+            pl.col(column).is_nan().sum().alias(f"{column}/nan"),
+            pl.col(column).min().alias(f"{column}/min"), pl.col(column).max().alias(f"{column}/max"),
+            pl.col(column).drop_nulls().first().alias(f"{column}/first"))))).row(0, named=True)
+    rows = stats["rows"]
+    for column in columns:
+        count, nulls, all_zero = stats[f"{column}/values"], stats[f"{column}/nulls"], stats[f"{column}/all_zero"]
+        if count == 0 or all_zero or _single_value(stats, column):
+            kind = ("empty" if count == 0 else "all zero" if all_zero
+                    else f"constant ({stats[f'{column}/first']})")
             findings.append(data.finding(
                 "reference-missing", f"{column} is {kind}",
-                f"{column} is {kind} over {pairs.height} rows ({nulls} null), so log-ratios equal "
+                f"{column} is {kind} over {rows} rows ({nulls} null), so log-ratios equal "
                 "the policy log-probs. A reference cache join that failed, or a placeholder value, "
                 "usually causes this; recompute the reference log-probs.",
-                evidence={"column": column, "rows": pairs.height, "nulls": nulls}))
+                evidence={"column": column, "rows": rows, "nulls": nulls}))
     return findings
+
+
+def _single_value(stats: dict, column: str) -> bool:
+    """True when the non-null values of `column` are all one value (NaN counts as one value):
+    all NaN, or no NaN and min == max, which min and max, skipping NaN, tell without a set."""
+    nan, count = stats[f"{column}/nan"], stats[f"{column}/values"]
+    return nan == count or (nan == 0 and stats[f"{column}/min"] == stats[f"{column}/max"])
 
 
 @check("reference-tracks-policy", "error", ("pairs", "steps"),
@@ -80,33 +98,34 @@ def reference_tracks_policy(data: RunData) -> list[Finding]:
     require_reference_loss(data)
     if data.pairs is None:
         return _tracks_policy_in_steps(data)
-    pairs = data.pairs
-    first = pairs.get_column("step").min()
-    later = pairs.filter((pl.col("step") > first) & pl.col("chosen_logratio").is_finite()
-                         & pl.col("rejected_logratio").is_finite())
-    if later.height == 0:
+    first = data.run.steps[0]
+    later = data.scan_pairs().filter((pl.col("step") > first) & pl.col("chosen_logratio").is_finite()
+                                     & pl.col("rejected_logratio").is_finite())
+    zero = (pl.col("chosen_logratio") == 0) & (pl.col("rejected_logratio") == 0)
+    later_rows, zero_share, later_step = data.collect(
+        later.select(pl.len(), zero.mean(), pl.col("step").min())).row(0)
+    if later_rows == 0:
         raise Skip("no scored pair after the first logged step")
 
     # Log-ratios that vanish exactly at every step after the first.
-    zero = (later.get_column("chosen_logratio") == 0) & (later.get_column("rejected_logratio") == 0)
-    zero_share = float(zero.mean())
+    zero_share = float(zero_share)
     if zero_share < 0.99:
         return []
 
     # The policy must have moved, or the zeros are explained by a policy that never changed.
-    moved = policy_movement(pairs)
+    moved = policy_movement(data)
     if moved is None:
         raise Skip("log-ratios are 0 but the log has no policy log-probs to tell whether the policy moved")
     if moved == 0:
         return []
     return [data.finding(
         "reference-tracks-policy", "Reference log-probs equal the policy's after the first update",
-        f"{zero_share:.1%} of the {later.height} pairs scored after step {first} have log-ratios of "
+        f"{zero_share:.1%} of the {later_rows} pairs scored after step {first} have log-ratios of "
         f"exactly 0, while the policy's log-prob of the same examples changed by up to {moved:.3g} "
         "nats. Rewards and margins are 0 and the loss stays at its zero-margin value: the reference "
         "is computed with the training weights. Score it with a frozen copy of the initial policy.",
-        step=int(later.get_column("step").min()),
-        evidence={"zero_logratio_share": zero_share, "pairs": later.height,
+        step=int(later_step),
+        evidence={"zero_logratio_share": zero_share, "pairs": later_rows,
                   "policy_logps_change": moved})]
 
 
@@ -140,22 +159,6 @@ def _tracks_policy_in_steps(data: RunData) -> list[Finding]:
         split="train", step=int(later.get_column("step").min()), evidence=evidence)]
 
 
-def policy_movement(pairs: pl.DataFrame) -> float | None:
-    """Largest change of one example's policy chosen log-prob across steps (nats).
-
-    Without example ids, the range of the per-step mean is used instead. None without policy log-probs.
-    """
-    if "policy_chosen_logps" not in pairs.columns:
-        return None
-    finite = pairs.filter(pl.col("policy_chosen_logps").is_finite())
-    if "example_id" in finite.columns and finite.get_column("example_id").null_count() < finite.height:
-        spread = (finite.group_by(["split", "example_id"])
-                  .agg((pl.col("policy_chosen_logps").max() - pl.col("policy_chosen_logps").min()).alias("d")))
-        return float(spread.get_column("d").max() or 0.0)
-    means = finite.group_by(["split", "step"]).agg(pl.col("policy_chosen_logps").mean().alias("m"))
-    return float(means.get_column("m").max() - means.get_column("m").min())
-
-
 @check("reference-not-initial-policy", "error", ("pairs", "steps"),
        meaning="Before any update, the log-ratios are not ~0: the reference is not the policy's "
                "starting point.",
@@ -168,12 +171,12 @@ def reference_not_initial_policy(data: RunData) -> list[Finding]:
         return _first_record_not_initial(data)
     pairs = require_pairs(data)
     spec = require_reference_loss(data)
-    first = int(pairs.get_column("step").min())
+    first = int(data.run.steps[0])
     if first != 0:
         raise Skip(f"the first logged step is {first}, so no pair was scored before the first update")
-    start = pairs.filter((pl.col("step") == 0) & pl.col("chosen_logratio").is_finite()
-                         & pl.col("rejected_logratio").is_finite())
-    if start.height == 0 or not _has_reference_columns(start):
+    start = data.collect(pairs.filter((pl.col("step") == 0) & pl.col("chosen_logratio").is_finite()
+                                      & pl.col("rejected_logratio").is_finite()))
+    if start.height == 0 or not _has_reference_columns(start.columns):
         raise Skip("no finite reference log-probs at step 0")
 
     # Typical size of the step-0 log-ratios against what numerics alone explain.
@@ -222,20 +225,17 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
         raise Skip("the trainer refreshes the reference on purpose (sync_ref_model)")
     if data.pairs is None:
         return _eval_identity_drift(data)
-    pairs = require_pairs(data)
-    if not _has_reference_columns(pairs) or "example_id" not in pairs.columns:
+    if not _has_reference_columns(data.pair_columns) or "example_id" not in data.pair_columns:
         raise Skip("needs reference log-probs and example ids")
 
     # Spread of each example's reference log-prob over the steps that scored it.
-    spread = (pairs.filter(pl.col("reference_chosen_logps").is_finite())
-              .group_by(["split", "example_id"])
-              .agg(pl.len().alias("scored"),
-                   (pl.col("reference_chosen_logps").max() - pl.col("reference_chosen_logps").min()).alias("spread"),
-                   pl.col("reference_chosen_logps").abs().mean().alias("size"))
+    spread = (example_summary(data)
+              .select(pl.col("reference_scored").alias("scored"), pl.col("reference_spread").alias("spread"),
+                      pl.col("reference_size").alias("size"))
               .filter(pl.col("scored") > 1))
     if spread.height == 0:
         raise Skip("no example is scored at more than one step")
-    if _ratios_vanish(pairs):
+    if _ratios_vanish(data):
         return []  # the reference is the policy itself: reference-tracks-policy reports it
     tolerance = pl.max_horizontal(pl.lit(1e-3), FROZEN_RELATIVE_TOLERANCE * pl.col("size"))
     moved = spread.filter(pl.col("spread") > tolerance)
@@ -254,10 +254,10 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
                   "max_change": float(moved.get_column("spread").max())})]
 
 
-def _ratios_vanish(pairs: pl.DataFrame) -> bool:
+def _ratios_vanish(data: RunData) -> bool:
     """True when the log-ratios are exactly 0 for nearly every pair."""
-    zero = (pairs.get_column("chosen_logratio") == 0) & (pairs.get_column("rejected_logratio") == 0)
-    return float(zero.mean()) >= 0.99
+    zero = (pl.col("chosen_logratio") == 0) & (pl.col("rejected_logratio") == 0)
+    return float(data.collect(data.scan_pairs().select(zero.mean())).item()) >= 0.99
 
 
 def _eval_identity_drift(data: RunData) -> list[Finding]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from dpodiag.checks.base import Finding, RunData, Skip, check
+from dpodiag.checks.per_example import example_summary, identical_responses, may_repeat_records
 
 LOGPS_COLUMNS = ["policy_chosen_logps", "policy_rejected_logps",
                  "reference_chosen_logps", "reference_rejected_logps"]
@@ -24,34 +25,42 @@ MIN_PAIRS = 32
            "learning rate.")
 def non_finite_values(data: RunData) -> list[Finding]:
     if data.pairs is not None:
-        frame, columns, unit = data.pairs, [c for c in VALUE_COLUMNS if c in data.pairs.columns], "pairs"
+        table, columns, unit = data.scan_pairs(), [c for c in VALUE_COLUMNS if c in data.pair_columns], "pairs"
     else:
-        frame, columns, unit = data.steps, [c for c in STEP_VALUE_COLUMNS if c in data.steps.columns], "records"
+        table, columns, unit = data.steps.lazy(), [c for c in STEP_VALUE_COLUMNS if c in data.steps.columns], "records"
     if not columns:
         raise Skip("no numeric value columns")
-    bad_by_column = {c: int((~frame.get_column(c).is_finite() & frame.get_column(c).is_not_null()).sum())
-                     for c in columns}
+    is_bad = {c: ~pl.col(c).is_finite() & pl.col(c).is_not_null() for c in columns}
+    counts = data.collect(table.select(pl.len().alias("rows"), *(is_bad[c].sum().alias(c) for c in columns)))
+    bad_by_column = {c: int(counts.get_column(c)[0]) for c in columns}
     bad_by_column = {c: n for c, n in bad_by_column.items() if n}
     if not bad_by_column:
         return []
-    any_bad = pl.any_horizontal([~pl.col(c).is_finite() & pl.col(c).is_not_null() for c in bad_by_column])
-    bad = frame.filter(any_bad)
-    first_step = int(bad.get_column("step").min())
-    steps = sorted(set(bad.get_column("step").to_list()))
-    share = bad.height / frame.height
+
+    # The rows with a non-finite value: how many, at which steps, and whether the loss hides them.
+    bad = table.filter(pl.any_horizontal([is_bad[c] for c in bad_by_column]))
+    summary = [pl.len().alias("rows")]
+    if "loss" in columns and "loss" not in bad_by_column:
+        summary.append((pl.col("loss") == 0).sum().alias("zero_loss"))
+    bad_summary, bad_steps = pl.collect_all([bad.select(summary), bad.select(pl.col("step").unique().sort())],
+                                            engine=data.engine)
+    rows, total = bad_summary.get_column("rows")[0], counts.get_column("rows")[0]
+    steps = bad_steps.get_column("step").to_list()
+    first_step = int(steps[0])
+    share = rows / total
     listed = ", ".join(f"{c} ({n})" for c, n in bad_by_column.items())
     hidden = ""
-    if "loss" in bad.columns and "loss" not in bad_by_column and (bad.get_column("loss") == 0).any():
-        zero = int((bad.get_column("loss") == 0).sum())
+    zero = int(bad_summary.get_column("zero_loss")[0]) if "zero_loss" in bad_summary.columns else 0
+    if zero:
         hidden = (f" The logged loss is exactly 0 at {zero} of these {unit}: a loss of 0 next to "
                   "NaN metrics hides the NaN, it is not a converged run.")
     return [data.finding(
         "non-finite-values", f"NaN or Inf from step {first_step}",
-        f"{bad.height} of {frame.height} {unit} ({share:.1%}) hold NaN or Inf, first at step "
+        f"{rows} of {total} {unit} ({share:.1%}) hold NaN or Inf, first at step "
         f"{first_step}, in {len(steps)} step(s); columns: {listed}.{hidden} fp16 overflow or a "
         "division by an empty mask is the usual cause; inspect the batch of the first step.",
         step=first_step,
-        evidence={"rows": bad.height, "share": share, "first_step": first_step,
+        evidence={"rows": rows, "share": share, "first_step": first_step,
                   "steps": steps[:20], "columns": bad_by_column})]
 
 
@@ -61,31 +70,35 @@ def non_finite_values(data: RunData) -> list[Finding]:
               "after truncation removed the response.",
        fix="Check the response mask and that log-probs come from log_softmax of the logits.")
 def invalid_logprobs(data: RunData) -> list[Finding]:
-    if data.pairs is None:
-        raise Skip("needs a pair log")
-    pairs = data.pairs
+    pairs = data.scan_pairs()
+    logps = [c for c in LOGPS_COLUMNS if c in data.pair_columns]
+    lengths = [c for c in ("chosen_length", "rejected_length") if c in data.pair_columns]
+    # NaN compares above every number in polars; non-finite values are another check's.
+    totals = data.collect(pairs.select(
+        pl.len().alias("rows"),
+        *((pl.col(c).is_finite() & (pl.col(c) > 1e-6)).sum().alias(f"{c}/positive") for c in logps),
+        *((pl.col(c) == 0).sum().alias(f"{c}/zero") for c in logps),
+        *((pl.col(c) <= 0).sum().alias(f"{c}/non_positive") for c in lengths))).row(0, named=True)
     problems: dict[str, dict[str, int]] = {}
-    for column in [c for c in LOGPS_COLUMNS if c in pairs.columns]:
-        values = pairs.get_column(column)
-        # NaN compares above every number in polars; non-finite values are another check's.
-        positive = int((values.is_finite() & (values > 1e-6)).sum())
-        zero = int((values == 0).sum())
+    for column in logps:
+        positive, zero = int(totals[f"{column}/positive"]), int(totals[f"{column}/zero"])
         if positive or zero:
             problems[column] = {"positive": positive, "zero": zero}
-    for column in [c for c in ("chosen_length", "rejected_length") if c in pairs.columns]:
-        nonpositive = int((pairs.get_column(column) <= 0).sum())
+    for column in lengths:
+        nonpositive = int(totals[f"{column}/non_positive"])
         if nonpositive:
             problems[column] = {"non_positive": nonpositive}
     if not problems:
         return []
+    rows = totals["rows"]
     listed = "; ".join(f"{c}: " + ", ".join(f"{n} {kind.replace('_', '-')}" for kind, n in counts.items())
                        for c, counts in problems.items())
     return [data.finding(
         "invalid-logprobs", "Impossible sequence log-probs or lengths",
         f"A sequence log-prob is a sum of log-probabilities, so it is < 0 for a non-empty response. "
-        f"Found {listed} (of {pairs.height} rows). A value of exactly 0 means the response mask "
+        f"Found {listed} (of {rows} rows). A value of exactly 0 means the response mask "
         "selected no token; a positive value means logits or another quantity were logged.",
-        evidence={"rows": pairs.height, "problems": problems})]
+        evidence={"rows": rows, "problems": problems})]
 
 
 @check("too-little-data", "warning", ("pairs", "steps", "unpaired"),
@@ -95,7 +108,9 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
 def too_little_data(data: RunData) -> list[Finding]:
     train = data.split_steps("train")
     steps = train.height
-    pairs = int(data.pairs.filter(pl.col("split") == "train").height) if data.pairs is not None else None
+    pairs = None
+    if data.pairs is not None:
+        pairs = int(data.collect(data.split_pairs("train").select(pl.len())).item())
     short_steps = steps < MIN_STEPS
     short_pairs = pairs is not None and pairs < MIN_PAIRS
     if not (short_steps or short_pairs):
@@ -115,23 +130,19 @@ def too_little_data(data: RunData) -> list[Finding]:
               "same tokens.",
        fix="Drop pairs whose responses are identical after tokenization and truncation.")
 def degenerate_pairs(data: RunData) -> list[Finding]:
-    if data.pairs is None:
-        raise Skip("needs a pair log")
-    pairs = data.pairs
-    if not {"policy_chosen_logps", "policy_rejected_logps"} <= set(pairs.columns):
+    pairs = data.scan_pairs()
+    columns = set(data.pair_columns)
+    if not {"policy_chosen_logps", "policy_rejected_logps"} <= columns:
         raise Skip("needs policy log-probs")
-    key = ["split", "example_id"] if "example_id" in pairs.columns else ["split", "step"]
-    identical = (pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps")) & \
-        pl.col("policy_chosen_logps").is_finite()
-    if "chosen" in pairs.columns and "rejected" in pairs.columns:
-        identical = identical | (pl.col("chosen") == pl.col("rejected"))
-    # Rows without texts compare as null; a null must not count as identical.
-    per_example = pairs.group_by(key).agg(identical.fill_null(False).all().alias("same"))
+    if "example_id" in columns:
+        per_example, unit = example_summary(data), "examples"
+    else:
+        query = pairs.group_by(["split", "step"]).agg(identical_responses(columns).all().alias("same"))
+        per_example, unit = data.collect(query), "steps"
     same = int(per_example.get_column("same").sum())
     if same == 0:
         return []
     share = same / per_example.height
-    unit = "examples" if key[1] == "example_id" else "steps"
     return [data.finding(
         "degenerate-pairs", f"{same} pair(s) have identical chosen and rejected responses",
         f"{same} of {per_example.height} {unit} ({share:.1%}) have exactly equal chosen and "
@@ -147,10 +158,14 @@ def degenerate_pairs(data: RunData) -> list[Finding]:
        fix="Keep the records of the last attempt for each step, or split the log per attempt.")
 def duplicate_steps(data: RunData) -> list[Finding]:
     if data.pairs is not None:
-        key = ["split", "step", "example_id"] if "example_id" in data.pairs.columns else None
-        if key is None:
+        if "example_id" not in data.pair_columns:
             raise Skip("needs example ids to tell a repeated pair from another pair")
-        repeated = data.pairs.group_by(key).len().filter(pl.col("len") > 1)
+        # The (split, step, example_id) combinations are counted, a larger group-by, only when
+        # their hashes show a possible repeat.
+        if not may_repeat_records(data):
+            return []
+        key = ["split", "step", "example_id"]
+        repeated = data.collect(data.scan_pairs().group_by(key).len().filter(pl.col("len") > 1))
         if repeated.height == 0:
             return []
         steps = sorted(set(repeated.get_column("step").to_list()))
@@ -194,16 +209,15 @@ PLAUSIBLE_PER_TOKEN_NATS = 30.0
               "batch, lengths that do not describe the masked tokens.",
        fix="Check the response mask: prompt and padding excluded, first response token included.")
 def mask_or_padding_suspect(data: RunData) -> list[Finding]:
-    if data.pairs is None:
-        raise Skip("needs a pair log")
-    pairs = data.pairs
-    if not {"chosen_length", "rejected_length"} <= set(pairs.columns):
+    pairs = data.scan_pairs()
+    columns = set(data.pair_columns)
+    if not {"chosen_length", "rejected_length"} <= columns:
         raise Skip("needs chosen_length and rejected_length")
     if data.run.meta.logps_normalisation == "mean":
         raise Skip("log-probs are per-token averages, which do not scale with length")
-    column = "reference_chosen_logps" if "reference_chosen_logps" in pairs.columns else "policy_chosen_logps"
+    column = "reference_chosen_logps" if "reference_chosen_logps" in columns else "policy_chosen_logps"
     other = column.replace("chosen", "rejected")
-    if column not in pairs.columns:
+    if column not in columns:
         raise Skip("needs sequence log-probs")
 
     # Per-step correlation of |log-prob| with length, chosen and rejected pooled.
@@ -211,10 +225,11 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
         pairs.select("step", pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
         pairs.select("step", pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
     ]).filter(pl.col("size").is_finite())
-    per_step = (pooled.group_by("step").agg(pl.corr("size", "length").alias("r"),
-                                            pl.col("length").std().alias("spread"))
-                .filter((pl.col("spread") > 0) & pl.col("r").is_finite()))
-    per_token = float((pooled.get_column("size") / pooled.get_column("length")).median())
+    per_step, medians = pl.collect_all([
+        pooled.group_by("step").agg(pl.corr("size", "length").alias("r"), pl.col("length").std().alias("spread"))
+        .filter((pl.col("spread") > 0) & pl.col("r").is_finite()),
+        pooled.select((pl.col("size") / pl.col("length")).median().alias("per_token"))], engine=data.engine)
+    per_token = float(medians.get_column("per_token")[0])
     if per_step.height < 3 and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
         raise Skip("too few steps with varying response lengths")
     correlation = float(per_step.get_column("r").median()) if per_step.height else None

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dpodiag.cli.options import run_options
+from dpodiag.errors import UsageError
 
 
 @click.command("convert")
@@ -20,7 +21,10 @@ def convert_command(run, output, force, load_options, device):
     from dpodiag.conversion import write_canonical
     from dpodiag.pipeline import load
 
-    runs = load([run], **load_options)
+    if load_options["streaming"]:
+        raise UsageError("convert reads the log into memory; --streaming applies to check, report "
+                         "and inspect")
+    runs = load([run], **{**load_options, "streaming": False})
     written = write_canonical(runs, output, force=force)
     rows = sum(r.table.height for r in runs)
     click.echo(f"wrote {written}: {len(runs)} run(s), {rows} {runs[0].level} rows")

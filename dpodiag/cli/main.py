@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 
 import click
 
@@ -15,6 +14,7 @@ from dpodiag.cli.convert import convert_command
 from dpodiag.cli.inspect import inspect_command
 from dpodiag.cli.report import report_command
 from dpodiag.cli.score import score_command
+from dpodiag.cli.signals import Terminated, exit_for_signal, handle_sigterm
 from dpodiag.errors import DpodiagError
 
 
@@ -31,27 +31,13 @@ cli.add_command(convert_command)
 cli.add_command(score_command)
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT.
-
-    Raising it unwinds the stack, so that cleanup code (the removal of a half-written temporary
-    output file) runs before the process exits.
-    """
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a DpodiagError becomes one line on stderr and its exit status.
 
     SIGINT exits with status 130 and SIGTERM with 143 (128 + the signal number), after the
     command has removed any partial output.
     """
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = handle_sigterm()
     try:
         _run(argv)
     finally:
@@ -63,11 +49,9 @@ def _run(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="dpodiag", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("dpodiag: interrupted", err=True)
-        sys.exit(130)
+        exit_for_signal(signal.SIGINT)
     except Terminated:
-        click.echo("dpodiag: terminated (SIGTERM)", err=True)
-        sys.exit(128 + signal.SIGTERM)
+        exit_for_signal(signal.SIGTERM)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "dpodiag"
         click.echo(f"dpodiag: error: {exc.format_message()} (see '{command} --help')", err=True)
@@ -79,8 +63,7 @@ def _run(argv: list[str] | None) -> None:
         click.echo(f"dpodiag: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("dpodiag: interrupted", err=True)
-        sys.exit(130)
+        exit_for_signal(signal.SIGINT)
     except Exception as exc:  # noqa: BLE001  (the last line of defence against a traceback)
         if os.environ.get("DPODIAG_DEBUG"):
             raise

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from dpodiag.cli.options import run_options
 
+# Characters kept from a run name in the default output file name; others become "_".
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME_CHARS = 100
+
+
+def default_output(run_name: str) -> Path:
+    """Return reports/<run name>.html, with the name reduced to a plain file name.
+
+    A run name comes from the input, so separators and leading dots are removed: the report
+    stays inside reports/ whatever the name is.
+    """
+    name = _UNSAFE_NAME.sub("_", run_name).strip("._")[:MAX_NAME_CHARS] or "report"
+    return Path("reports") / f"{name}.html"
+
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="HTML file to write [default: reports/<first run>.html].")
+              help="HTML file to write [default: reports/<first run name>.html, with characters "
+                   "other than letters, digits, '.', '_' and '-' replaced by '_'].")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--title", help="Page title [default: the run names].")
 @run_options
@@ -27,7 +43,7 @@ def report_command(runs, output, force, title, load_options, device):
         check_output(output, force=force)
     diagnosis = diagnose(load(list(runs), **load_options), device=device)
     if output is None:
-        output = Path("reports") / f"{diagnosis.runs[0].name}.html"
+        output = default_output(diagnosis.runs[0].name)
     written = write_report(diagnosis, output, force=force, title=title)
     counts = {s: sum(1 for f in diagnosis.findings if f.severity == s) for s in ("error", "warning")}
     click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB): {len(diagnosis.runs)} run(s), "

@@ -38,7 +38,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def score_command(policy, reference, dataset, output, tokenizer, step, split, batch_size, device,
                   dtype, beta, loss_type, label_smoothing, force):
-    """Score every pair of a preference dataset under POLICY and REFERENCE checkpoints.
+    """Score every pair of a preference dataset under the --policy and --reference checkpoints.
 
     Writes one row per pair with the summed response log-probs (nats), response lengths in
     tokens, the texts and an example_id. Weights are read from .safetensors files only.

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from dpodiag.errors import UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# Intra-op threads of torch's CPU operations during an analysis. The recompute runs on chunks of
+# at most CPU_CHUNK_ROWS rows and the loss fits on small grids, where a second OpenMP thread gains
+# little; when the cores are shared, its threads wait on each other and the same work took 3 to
+# 5 times longer (benchmarks/bench.py on a 2-core VM under load). Polars' own thread pool
+# parallelises the reading and the aggregation.
+CPU_THREADS = 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -22,3 +30,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but torch finds no CUDA device; use --device cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int = CPU_THREADS):
+    """Run torch CPU operations on `count` intra-op threads inside the block; the previous
+    setting is restored on exit, so a training loop in the same process keeps its own."""
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from dpodiag.compute.identify import identify
-from dpodiag.compute.recompute import recompute
+from dpodiag.compute.identify import identify, strided_sample
+from dpodiag.compute.recompute import log_ratio_expressions, recompute
 from dpodiag.schema import Run
 
 DEFAULT_BETA = 0.1
@@ -32,25 +32,32 @@ MEAN_RATIO = 1.4
 MEAN_MAX_NATS = 5.0
 
 
-def _variation(values: pl.Series) -> float:
+def _variation(mean: float | None, std: float | None) -> float:
     """Coefficient of variation, std / mean."""
-    mean = values.mean()
-    return float(values.std() / mean) if mean else float("nan")
+    return float(std / mean) if mean else float("nan")
 
 
 def infer_normalisation(run: Run) -> None:
     """Tell summed from per-token-averaged log-probs by how their spread follows the length."""
-    meta, table = run.meta, run.table
+    meta, columns = run.meta, run.table.collect_schema().names()
     # The reference does not move during training, so its log-probs show the length effect best.
-    column = next((c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in table.columns), None)
-    if meta.logps_normalisation is not None or column is None or "chosen_length" not in table.columns:
+    column = next((c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in columns), None)
+    if meta.logps_normalisation is not None or column is None or "chosen_length" not in columns:
         return
-    finite = table.filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0) & (pl.col(column) != 0))
-    if finite.height < 8 or finite.get_column("chosen_length").n_unique() < 3:
+    finite = run.table.lazy().filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0)
+                                     & (pl.col(column) != 0))
+    size = pl.col(column).abs()
+    per_token = size / pl.col("chosen_length")
+    stats = finite.select(pl.len().alias("rows"), pl.col("chosen_length").n_unique().alias("lengths"),
+                          size.mean().alias("size_mean"), size.std().alias("size_std"),
+                          size.median().alias("size_median"), per_token.mean().alias("per_token_mean"),
+                          per_token.std().alias("per_token_std"))
+    stats = stats.collect(engine="streaming" if run.streaming else "auto").row(0, named=True)
+    if stats["rows"] < 8 or stats["lengths"] < 3:
         return
-    size = finite.get_column(column).abs()
-    ratio = _variation(size / finite.get_column("chosen_length")) / _variation(size)
-    magnitude = float(size.median())
+    ratio = (_variation(stats["per_token_mean"], stats["per_token_std"])
+             / _variation(stats["size_mean"], stats["size_std"]))
+    magnitude = float(stats["size_median"])
     if ratio <= SUM_RATIO:
         value = "sum"
     elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:
@@ -69,12 +76,8 @@ def infer_pair_meta(run: Run) -> None:
     meta = run.meta
     if meta.beta is not None and meta.loss_type is not None:
         return
-    if "loss" in run.table.columns:
-        # Log-ratios do not depend on beta or the loss, so a provisional recompute gives them.
-        provisional = Run(run.name, run.source, run.level, run.table,
-                          type(meta)(beta=1.0, loss_type=None), run.format)
-        pairs = recompute(provisional, torch.device("cpu")).filter(pl.col("split") == run.splits[0])
-        fit = identify(pairs, None, None, meta.label_smoothing, meta.simpo_gamma,
+    if "loss" in run.table.collect_schema().names():
+        fit = identify(provisional_fit_rows(run), None, None, meta.label_smoothing, meta.simpo_gamma,
                        per_token=meta.logps_normalisation == "mean")
         candidates = dict(fit.variants) if fit is not None else {}
         if meta.loss_type is not None:
@@ -92,6 +95,24 @@ def infer_pair_meta(run: Run) -> None:
                 meta.update({"loss_type": best.loss_type}, "inferred")
                 meta.inference["loss_type"] = {**evidence, "method": "best of every loss variant"}
     apply_defaults(run)
+
+
+def provisional_fit_rows(run: Run) -> pl.DataFrame:
+    """The rows of the run's first split that `identify` fits, recomputed with beta 1.
+
+    Log-ratios do not depend on beta or the loss, so a provisional recompute gives them. The
+    rows are chosen before the recompute, by the rule of `identify.fit_rows` on the same
+    log-ratios, so only they are recomputed.
+    """
+    ratios = log_ratio_expressions(run.table.collect_schema().names())
+    rows = run.table.lazy().filter(pl.col("split") == run.splits[0])
+    if ratios is not None:
+        chosen, rejected = ratios
+        rows = rows.filter(pl.col("loss").is_finite() & chosen.is_finite() & rejected.is_finite())
+    rows = strided_sample(rows, "streaming" if run.streaming else "auto")
+    provisional = Run(run.name, run.source, run.level, rows, type(run.meta)(beta=1.0, loss_type=None),
+                      run.format)
+    return recompute(provisional, torch.device("cpu"))
 
 
 def apply_defaults(run: Run) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -14,6 +15,9 @@ from dpodiag.schema import Run
 
 # Rows per chunk on a GPU, so that a log need not fit in device memory (~10 float64 tensors each).
 CUDA_CHUNK_ROWS = 8_000_000
+# Rows per chunk on the CPU and per streamed batch: the input tensors and results of one chunk
+# (about 20 float64 columns, 160 MB) are the only per-row memory the recompute adds.
+CPU_CHUNK_ROWS = 1_000_000
 
 DERIVED_COLUMNS = ["chosen_logratio", "rejected_logratio", "margin", "probability",
                    "grad_weight", "loss_recomputed", "beta_used"]
@@ -46,6 +50,22 @@ def pair_batch(frame: pl.DataFrame, device: torch.device, per_token: bool) -> Pa
                      chosen_length=_tensor(frame, "chosen_length", device),
                      rejected_length=_tensor(frame, "rejected_length", device),
                      per_token=per_token)
+
+
+def log_ratio_expressions(columns: list[str]) -> tuple[pl.Expr, pl.Expr] | None:
+    """The chosen and rejected log-ratios as polars expressions, by the rule of `pair_batch`:
+    the given log-ratio columns, else policy minus reference log-probs, else the policy log-probs
+    alone; None when the columns give neither. Float64 subtraction rounds as torch's does."""
+    if {"chosen_logratio", "rejected_logratio"} <= set(columns):
+        return pl.col("chosen_logratio"), pl.col("rejected_logratio")
+    if not {"policy_chosen_logps", "policy_rejected_logps"} <= set(columns):
+        return None
+    chosen, rejected = pl.col("policy_chosen_logps"), pl.col("policy_rejected_logps")
+    if "reference_chosen_logps" in columns:
+        chosen = chosen - pl.col("reference_chosen_logps")
+    if "reference_rejected_logps" in columns:
+        rejected = rejected - pl.col("reference_rejected_logps")
+    return chosen, rejected
 
 
 def _beta_column(run: Run, frame: pl.DataFrame) -> np.ndarray:
@@ -88,14 +108,46 @@ def recompute_chunk(run: Run, frame: pl.DataFrame, device: torch.device) -> dict
     return columns
 
 
-def recompute(run: Run, device: torch.device) -> pl.DataFrame:
-    """Return the run's pair table with DERIVED_COLUMNS added (replacing any given log-ratios)."""
-    frame = run.table
-    chunk = CUDA_CHUNK_ROWS if device.type == "cuda" else max(frame.height, 1)
-    parts: list[dict[str, np.ndarray]] = []
+def chunk_rows(device: torch.device) -> int:
+    """Rows recomputed per chunk on `device`."""
+    return CUDA_CHUNK_ROWS if device.type == "cuda" else CPU_CHUNK_ROWS
+
+
+def with_derived(run: Run, frame: pl.DataFrame, device: torch.device) -> pl.DataFrame:
+    """Return `frame` with DERIVED_COLUMNS added (replacing any given log-ratios), computed in
+    chunks of `chunk_rows(device)` rows; each derived column keeps the chunks as its own
+    buffers, so no result is copied into one block."""
+    chunks: dict[str, list[pl.Series]] = {name: [] for name in DERIVED_COLUMNS}
     with torch.no_grad():
-        for start in range(0, frame.height, chunk):
-            parts.append(recompute_chunk(run, frame.slice(start, chunk), device))
-    derived = {name: np.concatenate([part[name] for part in parts]) for name in DERIVED_COLUMNS}
+        for part in frame.iter_slices(chunk_rows(device)):
+            for name, values in recompute_chunk(run, part, device).items():
+                chunks[name].append(pl.Series(name, values))
     base = frame.drop([c for c in DERIVED_COLUMNS if c in frame.columns])
-    return base.with_columns([pl.Series(name, values) for name, values in derived.items()])
+    if frame.height == 0:
+        return base.with_columns(pl.Series(name, [], dtype=pl.Float64) for name in DERIVED_COLUMNS)
+    return base.with_columns(pl.concat(parts, rechunk=False) for parts in chunks.values())
+
+
+def recompute(run: Run, device: torch.device) -> pl.DataFrame:
+    """Return the run's in-memory pair table with DERIVED_COLUMNS added (replacing any given
+    log-ratios)."""
+    return with_derived(run, run.table, device)
+
+
+def recompute_to_files(run: Run, device: torch.device, folder: Path) -> pl.LazyFrame:
+    """Recompute a streamed run batch by batch into parquet files in `folder`, and return a
+    LazyFrame that scans them: the pair table with DERIVED_COLUMNS, never held in memory whole.
+
+    Batches are read in table order by polars' streaming engine, so the files keep the log's
+    row order and their row-group statistics let a scan skip the steps it filters out.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = run.table.collect_batches(chunk_size=chunk_rows(device), engine="streaming")
+    written = 0
+    for index, batch in enumerate(batches):
+        with_derived(run, batch, device).write_parquet(folder / f"part-{index:06d}.parquet",
+                                                        compression="lz4", statistics=True)
+        written += 1
+    if written == 0:
+        return with_derived(run, run.table.head(0).collect(), device).lazy()
+    return pl.scan_parquet(folder / "part-*.parquet")

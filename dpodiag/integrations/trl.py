@@ -9,8 +9,10 @@
 
     $ dpodiag check OUTPUT_DIR/dpodiag-pairs
 
-Supported versions: TRL 0.29 up to, not including, 2.0 (``pip install 'dpodiag[trl]'``). The
-test suite runs TRL 1.16.0 with transformers 5.25.0. Other versions raise UsageError.
+Supported versions: TRL 0.29 up to, not including, 2.0 (``pip install 'dpodiag[trl]'``). Other
+versions raise UsageError.
+NOTE: only TRL 1.16.0 (with transformers 5.25.0) runs in the tests. The other versions are
+accepted because the sources of 0.29.0, 1.0.0, 1.8.0 and 1.12.0 compute the same locals.
 
 How it captures the values without changing the training. In these versions
 ``DPOTrainer._compute_loss`` computes the per-pair summed log-probs ``chosen_logps``,
@@ -36,6 +38,8 @@ What each row contains:
 
 Each process of a distributed run records its own pairs into shards named part-rankN-*.parquet
 in the same folder, which `dpodiag check` reads as one run.
+NOTE: distributed recording has not been run. Where accelerate pads an uneven last eval batch
+with repeated examples, those repeats are recorded too, under the same example_id.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
+from dpodiag.errors import UsageError
+
 STREAMING_ENV = "DPODIAG_STREAMING"
 # Share of the available memory that the in-memory path may plan to use.
 STREAMING_SHARE = 0.4
@@ -31,7 +33,7 @@ def streaming_requested(option: bool | None) -> bool | None:
     """Return the command-line choice, else the environment's, else None (decide by size).
 
     Raises:
-        ValueError: DPODIAG_STREAMING is set to something other than "0" or "1".
+        UsageError: DPODIAG_STREAMING is set to something other than "0" or "1".
     """
     if option is not None:
         return option
@@ -39,7 +41,8 @@ def streaming_requested(option: bool | None) -> bool | None:
     if value == "":
         return None
     if value not in ("0", "1"):
-        raise ValueError(f"expected {STREAMING_ENV} to be 0 or 1, got {value!r}")
+        raise UsageError(f"expected {STREAMING_ENV} to be 0 or 1, got {value!r}; unset it or use "
+                         "--streaming / --in-memory")
     return value == "1"
 
 

@@ -297,9 +297,8 @@ class PairTableReader:
         return "run" in self.schema and self.fmt in ("parquet", "arrow")
 
     def _run_names(self) -> list[str]:
-        column = pl.col("run").cast(pl.Utf8).fill_null(self.default_name)
-        names = self.plan.select(column.unique()).collect(engine=self.engine).get_column("run")
-        return sorted(names.to_list())
+        names = self.plan.select(pl.col("run").unique()).collect(engine=self.engine).get_column("run")
+        return sorted(names.cast(pl.Utf8).fill_null(self.default_name).unique().to_list())
 
     def _split_values(self) -> pl.Series | None:
         if "split" not in self.schema:

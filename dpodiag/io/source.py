@@ -1,7 +1,7 @@
 """The bytes of an input file, as every reader sees them.
 
 A file named `*.gz` is gzip-decompressed transparently, so `pairs.csv.gz`, `trainer_log.jsonl.gz`
-and `trainer_state.json.gz` read like the files they compress, and the name without `.gz` tells
+and `trainer_state.json.gz` read like the files they compress, and the name without `.gz` gives
 the format. A UTF-8 byte-order mark at the start of a file is dropped. A text table whose last
 line was cut off by a writer that stopped (a crashed or still running job) is read without that
 line, and a note says so.
@@ -31,7 +31,7 @@ def is_gzip(path: Path) -> bool:
 
 
 def logical_path(path: Path) -> Path:
-    """Return `path` without a trailing `.gz`: the name that tells the format of its content."""
+    """Return `path` without a trailing `.gz`: the name that gives the format of its content."""
     path = Path(path)
     return path.with_name(path.name[:-3]) if is_gzip(path) else path
 
@@ -123,9 +123,10 @@ def table_source(path: Path, fmt: str, notes: list[str] | None = None) -> Path |
     """Return what polars should scan for the pair table at `path`: the path itself, or its
     bytes after decompression and repair.
 
-    The bytes are read into memory only for a `.gz` file, a file that starts with a UTF-8
-    byte-order mark (JSONL) and a CSV or JSONL file that does not end with a line break, whose
-    last line a writer may have cut off. A cut last line is dropped and described in `notes`.
+    The bytes are read into memory only in three cases: a `.gz` file, a JSONL file that starts
+    with a UTF-8 byte-order mark, and a file that does not end with a line break. In the last
+    case a writer may have cut the last line off, and a cut last line is dropped and described
+    in `notes`.
 
     Raises:
         InputError: the file is UTF-16 encoded, or a `.gz` file is not valid gzip data.
@@ -173,8 +174,8 @@ def reject_other_separator(path: Path, head: bytes) -> None:
 
 def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | None) -> bytes:
     # A last line without its line break is cut when it does not parse as a JSON object
-    # (JSONL) or has fewer fields than the header (CSV). A cut inside the last CSV field
-    # cannot be told from a complete value, so such a line is kept and a note says so.
+    # (JSONL) or has fewer fields than the header (CSV). A cut inside the last CSV field looks
+    # like a complete value, so such a line is kept and a note says that it may be cut.
     if not data or data.endswith(b"\n"):
         return data
     start = data.rfind(b"\n") + 1
@@ -190,8 +191,11 @@ def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | No
     else:
         separator = "\t" if logical_suffix(path) == ".tsv" else ","
         header = data[:data.find(b"\n")].decode("utf-8", errors="replace")
-        width = len(next(csv.reader([header], delimiter=separator)))
-        cut = len(next(csv.reader([last], delimiter=separator), [])) < width
+        try:
+            width = len(next(csv.reader([header], delimiter=separator), []))
+            cut = len(next(csv.reader([last], delimiter=separator), [])) < width
+        except csv.Error:
+            cut = False  # a line the csv module rejects; the CSV reader reports it
     if notes is not None and cut:
         notes.append(f"line {line}: the last line is cut off where the file ends (the log was "
                      "still being written, or its writer stopped); it was skipped")

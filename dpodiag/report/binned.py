@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.special import expit
 
 from dpodiag.checks.base import RunData
 from dpodiag.report.overlay import Chart, add_guide, splits_of, step_axis
@@ -18,15 +17,18 @@ PROBABILITY_BINS = 10
 PHASE_SHARE = 0.2
 
 
-def phase_pairs(pairs: pl.DataFrame, late: bool) -> pl.DataFrame:
-    """Train pairs (all pairs when there is no train split) from the first or last PHASE_SHARE of steps."""
+def phase_pairs(data: RunData, late: bool, columns: list[str]) -> pl.DataFrame:
+    """`columns` of the train pairs (all pairs when there is no train split) from the first or
+    last PHASE_SHARE of steps; only these rows and columns are read into memory."""
+    pairs = data.scan_pairs()
     train = pairs.filter(pl.col("split") == "train")
-    if train.height == 0:
+    steps = data.collect(train.select(pl.col("step").unique().sort())).get_column("step")
+    if steps.len() == 0:
         train = pairs
-    steps = np.sort(train.get_column("step").unique().to_numpy())
-    count = max(1, int(round(len(steps) * PHASE_SHARE)))
-    chosen = steps[-count:] if late else steps[:count]
-    return train.filter(pl.col("step").is_in(chosen.tolist()))
+        steps = data.collect(train.select(pl.col("step").unique().sort())).get_column("step")
+    count = max(1, int(round(steps.len() * PHASE_SHARE)))
+    chosen = steps.tail(count) if late else steps.head(count)
+    return data.collect(train.filter(pl.col("step").is_in(chosen.to_list())).select(columns))
 
 
 def length_edges(differences: np.ndarray) -> np.ndarray:
@@ -87,11 +89,11 @@ def length_chart(runs: list[RunData]) -> Chart:
 
 def length_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
     """Build the early and late binned margin lines of one run, none without lengths."""
-    pairs = data.pairs
-    if pairs is None or not {"chosen_length", "rejected_length", "margin"} <= set(pairs.columns):
+    if not {"chosen_length", "rejected_length", "margin"} <= set(data.pair_columns):
         return []
     difference = (pl.col("chosen_length") - pl.col("rejected_length")).alias("difference")
-    phases = [phase_pairs(pairs, late).select(difference, "margin") for late in (False, True)]
+    phases = [phase_pairs(data, late, ["chosen_length", "rejected_length", "margin"])
+              .select(difference, "margin") for late in (False, True)]
     everything = pl.concat(phases).get_column("difference").to_numpy().astype(np.float64)
     everything = everything[np.isfinite(everything)]
     if len(everything) == 0:
@@ -122,8 +124,7 @@ def length_traces(data: RunData, colour: str) -> list[dict[str, Any]]:
 
 def calibration_chart(runs: list[RunData]) -> Chart:
     """Build a reliability diagram when preference strengths exist, else entropy against log-loss."""
-    if any(data.pairs is not None and "preference_strength" in data.pairs.columns
-           and data.pairs.get_column("preference_strength").is_finite().any() for data in runs):
+    if any(has_preference_strength(data) for data in runs):
         return reliability_chart(runs)
     return entropy_chart(runs)
 
@@ -139,11 +140,10 @@ def reliability_chart(runs: list[RunData]) -> Chart:
     edges = np.linspace(0, 1, PROBABILITY_BINS + 1)
     for index, data in enumerate(runs):
         # Late train pairs of each run with preference strengths, binned by p.
-        pairs = data.pairs
-        if pairs is None or "preference_strength" not in pairs.columns:
+        if "preference_strength" not in data.pair_columns:
             chart.absent_runs.append(data.name)
             continue
-        late = phase_pairs(pairs, late=True)
+        late = phase_pairs(data, True, ["probability", "preference_strength"])
         mean_p, mean_strength = binned_means(late.get_column("probability").to_numpy(),
                                              late.get_column("preference_strength").to_numpy(), edges)
         if len(mean_p) == 0:
@@ -206,22 +206,31 @@ def entropy_chart(runs: list[RunData]) -> Chart:
     return chart
 
 
+def has_preference_strength(data: RunData) -> bool:
+    """True when the run's pair table has a finite preference strength."""
+    if "preference_strength" not in data.pair_columns:
+        return False
+    query = data.scan_pairs().select(pl.col("preference_strength").is_finite().any())
+    return bool(data.collect(query).item())
+
+
+def softplus(x: pl.Expr) -> pl.Expr:
+    """log(1 + e^x), as max(x, 0) + log1p(e^-|x|) so that it stays finite for large |x|."""
+    return pl.when(x > 0).then(x).otherwise(0.0) + (-x.abs()).exp().log1p()
+
+
 def entropy_per_step(data: RunData) -> pl.DataFrame | None:
     """Mean −log p and mean H(p) per split and step, from the per-pair margins; None without pairs."""
-    if data.pairs is None or "margin" not in data.pairs.columns:
+    if "margin" not in data.pair_columns:
         return None
-    margin = data.pairs.get_column("margin").to_numpy().astype(np.float64)
-    # With p = σ(m): −log p = softplus(−m) and −log(1 − p) = softplus(m), both stable for large |m|.
+    # With p = σ(m): −log p = softplus(−m) and −log(1 − p) = softplus(m).
     # NaN margins give NaN here and are dropped below.
-    with np.errstate(invalid="ignore"):
-        loss_if_chosen = np.logaddexp(0.0, -margin)
-        loss_if_rejected = np.logaddexp(0.0, margin)
-        probability = expit(margin)
-        entropy = probability * loss_if_chosen + (1.0 - probability) * loss_if_rejected
-    frame = data.pairs.select("split", "step").with_columns(
-        pl.Series("log_loss", loss_if_chosen), pl.Series("entropy", entropy))
-    frame = frame.filter(pl.col("log_loss").is_finite() & pl.col("entropy").is_finite())
-    if frame.height == 0:
-        return None
-    return (frame.group_by(["split", "step"]).agg(pl.col("log_loss").mean(), pl.col("entropy").mean())
-            .sort("step"))
+    margin, probability = pl.col("margin"), pl.col("probability")
+    loss_if_chosen, loss_if_rejected = softplus(-margin), softplus(margin)
+    entropy = probability * loss_if_chosen + (1.0 - probability) * loss_if_rejected
+    frame = (data.scan_pairs()
+             .select("split", "step", loss_if_chosen.alias("log_loss"), entropy.alias("entropy"))
+             .filter(pl.col("log_loss").is_finite() & pl.col("entropy").is_finite()))
+    means = data.collect(frame.group_by(["split", "step"])
+                         .agg(pl.col("log_loss").mean(), pl.col("entropy").mean()).sort("step"))
+    return means if means.height else None

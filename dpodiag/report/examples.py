@@ -1,4 +1,8 @@
-"""The per-example drill-down: pairs with the largest final loss, and the largest flips."""
+"""The per-example drill-down: pairs with the largest final loss, and the largest flips.
+
+Both tables are found from per-example aggregates of a few numeric columns; the full rows, texts
+included, are read only for the ROWS_PER_TABLE examples shown.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from dpodiag.checks.base import RunData
+from dpodiag.checks.per_example import EXAMPLE_KEY, has_example_ids
 from dpodiag.report.tables import format_number
 
 ROWS_PER_TABLE = 10
@@ -22,59 +27,80 @@ def clip_text(text: str | None) -> str | None:
     return f"{text[:TEXT_LIMIT]} … [{len(text) - TEXT_LIMIT:,} more characters]"
 
 
-def has_ids(pairs: pl.DataFrame) -> bool:
-    """Return whether the pair table has example ids to follow an example across steps."""
-    return "example_id" in pairs.columns and pairs.get_column("example_id").null_count() < pairs.height
-
-
-def last_scoring(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Return each example's row at its last scored step, or without ids every row of the last step."""
-    if has_ids(pairs):
-        return (pairs.filter(pl.col("example_id").is_not_null()).sort("step")
-                .group_by(["split", "example_id"], maintain_order=True).last())
-    last = pairs.group_by("split").agg(pl.col("step").max().alias("last_step"))
-    return pairs.join(last, on="split").filter(pl.col("step") == pl.col("last_step")).drop("last_step")
-
-
-def loss_expression(pairs: pl.DataFrame) -> pl.Expr:
+def loss_expression(columns: list[str]) -> pl.Expr:
     """Build the loss shown per pair: the recomputed loss where finite, else the logged one."""
     recomputed = pl.col("loss_recomputed")
-    if "loss" not in pairs.columns:
+    if "loss" not in columns:
         return recomputed
     return pl.when(recomputed.is_finite()).then(recomputed).otherwise(pl.col("loss"))
 
 
-def largest_loss(pairs: pl.DataFrame) -> list[dict[str, Any]]:
-    """Return the ROWS_PER_TABLE pairs with the largest loss at their last scoring."""
-    final = last_scoring(pairs).with_columns(loss_expression(pairs).alias("display_loss"))
-    final = final.filter(pl.col("display_loss").is_finite()).sort("display_loss", descending=True)
-    return [example_row(row, loss=row["display_loss"]) for row in final.head(ROWS_PER_TABLE).iter_rows(named=True)]
+def at_last_step(value: pl.Expr) -> pl.Expr:
+    """The value at an example's last scored step (of a record repeated at that step, the first)."""
+    return value.max_by("step")
 
 
-def largest_flips(pairs: pl.DataFrame) -> list[dict[str, Any]] | None:
+def at_first_step(value: pl.Expr) -> pl.Expr:
+    """The value at an example's first scored step (of a record repeated at that step, the first)."""
+    return value.min_by("step")
+
+
+def rows_at(data: RunData, keys: pl.DataFrame) -> pl.DataFrame:
+    """The pair rows at the (split, example_id, step) of `keys`, one per key (the first row of a
+    repeated record), in the order of `keys`."""
+    rows = (data.collect(data.scan_pairs().join(keys.lazy().select([*EXAMPLE_KEY, "step"]),
+                                                on=[*EXAMPLE_KEY, "step"], how="semi"))
+            .unique(subset=EXAMPLE_KEY, keep="first", maintain_order=True))
+    return keys.select(EXAMPLE_KEY).join(rows, on=EXAMPLE_KEY, how="left", maintain_order="left")
+
+
+def largest_loss(data: RunData) -> list[dict[str, Any]]:
+    """Return the ROWS_PER_TABLE pairs with the largest loss at their last scoring (without ids,
+    the pairs of each split's last step)."""
+    pairs, display = data.scan_pairs(), loss_expression(data.pair_columns).alias("display_loss")
+    order = {"by": ["display_loss", *EXAMPLE_KEY], "descending": [True, False, False], "maintain_order": True}
+    if has_example_ids(data):
+        last = (pairs.filter(pl.col("example_id").is_not_null()).group_by(EXAMPLE_KEY)
+                .agg(pl.col("step").max(), at_last_step(display)))
+        top = data.collect(last.filter(pl.col("display_loss").is_finite()).sort(**order).head(ROWS_PER_TABLE))
+        rows = rows_at(data, top).with_columns(top.get_column("display_loss"))
+    else:
+        last_step = pairs.group_by("split").agg(pl.col("step").max().alias("last_step"))
+        final = (pairs.join(last_step, on="split").filter(pl.col("step") == pl.col("last_step"))
+                 .with_columns(display).filter(pl.col("display_loss").is_finite()))
+        rows = data.collect(final.sort(**order).head(ROWS_PER_TABLE))
+    return [example_row(row, loss=row["display_loss"]) for row in rows.iter_rows(named=True)]
+
+
+def largest_flips(data: RunData) -> list[dict[str, Any]] | None:
     """Examples whose preferred side changed between first and last scoring, largest change in p first.
 
     Scorings with a margin of exactly 0 are skipped. Returns None without example ids, since an
     example cannot then be followed across steps.
     """
-    if not has_ids(pairs):
+    if not has_example_ids(data):
         return None
     # A margin of exactly 0 (every pair before the first update) is a tie, not a side.
-    ordered = pairs.filter(pl.col("example_id").is_not_null() & pl.col("margin").is_finite()
-                           & (pl.col("margin") != 0)).sort("step")
-    text_columns = [c for c in TEXT_COLUMNS if c in pairs.columns]
-    ends = ordered.group_by(["split", "example_id"]).agg(
-        pl.col("step").first().alias("first_step"), pl.col("step").last().alias("step"),
-        pl.col("margin").first().alias("first_margin"), pl.col("margin").last().alias("margin"),
-        pl.col("probability").first().alias("first_probability"),
-        pl.col("probability").last().alias("probability"),
-        *[pl.col(c).last() for c in ("chosen_length", "rejected_length", *text_columns) if c in pairs.columns])
+    ordered = data.scan_pairs().filter(pl.col("example_id").is_not_null() & pl.col("margin").is_finite()
+                                       & (pl.col("margin") != 0))
+    lengths = [c for c in ("chosen_length", "rejected_length") if c in data.pair_columns]
+    ends = ordered.group_by(EXAMPLE_KEY).agg(
+        pl.col("step").min().alias("first_step"), pl.col("step").max().alias("step"),
+        at_first_step(pl.col("margin")).alias("first_margin"), at_last_step(pl.col("margin")),
+        at_first_step(pl.col("probability")).alias("first_probability"), at_last_step(pl.col("probability")),
+        *(at_last_step(pl.col(c)) for c in lengths))
 
     # A flip changes the sign of the margin; rank by how far p moved.
-    flips = ends.filter((pl.col("step") > pl.col("first_step"))
-                        & ((pl.col("first_margin") > 0) != (pl.col("margin") > 0)))
-    flips = flips.with_columns((pl.col("probability") - pl.col("first_probability")).alias("change"))
-    flips = flips.sort(pl.col("change").abs(), descending=True).head(ROWS_PER_TABLE)
+    flips = (ends.filter((pl.col("step") > pl.col("first_step"))
+                         & ((pl.col("first_margin") > 0) != (pl.col("margin") > 0)))
+             .with_columns((pl.col("probability") - pl.col("first_probability")).alias("change"))
+             .sort([pl.col("change").abs(), *EXAMPLE_KEY], descending=[True, False, False], maintain_order=True)
+             .head(ROWS_PER_TABLE))
+    flips = data.collect(flips)
+    text_columns = [c for c in TEXT_COLUMNS if c in data.pair_columns]
+    if text_columns and flips.height:
+        texts = rows_at(data, flips).select(text_columns)
+        flips = flips.with_columns(texts.get_columns())
     rows = []
     for row in flips.iter_rows(named=True):
         cells = example_row(row)
@@ -101,6 +127,6 @@ def drilldown(runs: list[RunData]) -> list[dict[str, Any]]:
         if data.pairs is None:
             sections.append({"name": data.name, "pairs": False})
             continue
-        sections.append({"name": data.name, "pairs": True, "has_ids": has_ids(data.pairs),
-                         "largest_loss": largest_loss(data.pairs), "flips": largest_flips(data.pairs)})
+        sections.append({"name": data.name, "pairs": True, "has_ids": has_example_ids(data),
+                         "largest_loss": largest_loss(data), "flips": largest_flips(data)})
     return sections

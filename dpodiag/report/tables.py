@@ -173,7 +173,7 @@ def comparison_rows(runs: list[RunData], findings: list[Finding]) -> list[dict[s
     train_steps = [d.steps.filter(pl.col("split") == "train").height if "split" in d.steps.columns
                    else d.steps.height for d in runs]
     figures.append(("logged train steps", train_steps))
-    figures.append(("pair rows", [d.pairs.height if d.pairs is not None else None for d in runs]))
+    figures.append(("pair rows", [d.run.rows if d.pairs is not None else None for d in runs]))
     for column, label in END_OF_TRAINING:
         figures.append((label, [end_of_training(d.steps, column) for d in runs]))
     for column, label in LAST_EVAL:

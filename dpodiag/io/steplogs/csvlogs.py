@@ -66,7 +66,8 @@ def _parse(data: bytes, path: Path, n_rows: int | None = None) -> pl.DataFrame:
     try:
         return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False,
                            n_rows=n_rows, truncate_ragged_lines=True)
-    except pl.exceptions.PolarsError as error:
+    except (pl.exceptions.PolarsError, OSError) as error:
+        # polars raises OSError for bytes that look gzip-compressed but are not.
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(path, f"cannot be parsed as CSV ({message})",
                          "pass a comma-separated file with a header row") from None

@@ -37,38 +37,42 @@ def load_json(path: Path, fmt: str | None = None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        if fmt in HISTORY_FORMATS and _ends_early(text, error):
-            return _cut_history(path, text, error, fmt)
-        raise InputError(path, f"line {error.lineno}: invalid JSON ({error.msg})",
-                         "pass the file as the trainer wrote it") from None
+        recovered = _cut_history(path, text, error, fmt) if fmt in HISTORY_FORMATS else None
+        if recovered is None:
+            raise InputError(path, f"line {error.lineno}: invalid JSON ({error.msg})",
+                             "pass the file as the trainer wrote it") from None
+        return recovered
 
 
-def _ends_early(text: str, error: json.JSONDecodeError) -> bool:
-    # The parser ran out of text: at the end, or in a string that is never closed.
-    if error.pos >= len(text.rstrip()):
-        return True
-    return error.msg == "Unterminated string starting at" and '"' not in text[error.pos + 1:]
-
-
-def _cut_history(path: Path, text: str, error: json.JSONDecodeError, fmt: str) -> RawLog:
-    # Decode the records of the log_history list one by one, up to the cut.
+def _cut_history(path: Path, text: str, error: json.JSONDecodeError, fmt: str) -> RawLog | None:
+    # Decode the records of the log_history list one by one, up to the cut. Return None when
+    # the syntax error is not a cut: a broken record with more text after it, or an error
+    # before the end of a complete list.
     start = _HISTORY_START.search(text)
     if start is None:
-        raise InputError(path, f"line {error.lineno}: the JSON document ends early and holds no "
-                         "log_history list", "pass the file once the trainer has written it")
+        return None
     decoder = json.JSONDecoder()
     items: list[Any] = []
     position = start.end()
+
     while True:
         while position < len(text) and text[position] in " \t\r\n,":
             position += 1
-        if position >= len(text) or text[position] == "]":
+        if position >= len(text):
+            break
+        if text[position] == "]":
+            if error.pos < position:
+                return None
             break
         try:
             item, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError:
+            # HF log records are flat objects: a cut one has no closing brace after its start.
+            if "}" in text[position:]:
+                return None
             break
         items.append(item)
+
     if not any(isinstance(item, Mapping) for item in items):
         raise NoDataError(path, f"line {error.lineno}: the file is cut off before its first "
                           "complete log_history record", "pass the file once the trainer has "

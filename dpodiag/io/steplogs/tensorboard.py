@@ -94,7 +94,7 @@ def _load(path: Path) -> Any:
 
 def _cut_record_offset(path: Path) -> int | None:
     # Walk the TFRecord framing (length, length CRC, payload, payload CRC) without checking the
-    # CRCs; return the offset of a record that runs past the end of the file.
+    # CRCs. Return the offset of a record that runs past the end of the file, or None.
     size = path.stat().st_size
     offset = 0
     with path.open("rb") as stream:
