@@ -41,12 +41,12 @@ def _run_line(summary: dict) -> str:
 
 
 def to_text(diagnosis: Diagnosis, verbose: bool = False, width: int = 100) -> str:
-    """Render the findings grouped by run, errors first. Info findings and the reader's notes
-    (rows dropped, values repaired, a log cut off mid-write) are listed only when `verbose`."""
+    """Render the findings grouped by run, errors first, after the reader's notes (rows dropped,
+    values repaired, a log cut off mid-write). Info findings are listed only when `verbose`."""
     lines: list[str] = []
     for data in diagnosis.runs:
         lines.append(_run_line(run_summary(data.run)))
-        for note in data.run.notes if verbose else []:
+        for note in data.run.notes:
             lines.extend(textwrap.wrap(note, width=width, initial_indent="  note    ",
                                        subsequent_indent=" " * 10))
         shown = [f for f in diagnosis.findings if f.run == data.name
@@ -81,6 +81,9 @@ def to_markdown(diagnosis: Diagnosis) -> str:
     verdict = {"error": "**Objective errors found.**", "warning": "No objective error; warnings below.",
                None: "No error or warning.", "info": "No error or warning."}[worst]
     lines = ["## dpodiag check", "", verdict + " " + _totals(diagnosis) + ".", ""]
+    notes = [(data.name, note) for data in diagnosis.runs for note in data.run.notes]
+    if notes:
+        lines += [f"- {_cell(name)}: {_cell(note)}" for name, note in notes] + [""]
     shown = [f for f in diagnosis.findings if f.severity != "info"]
     if shown:
         lines += ["| severity | code | run | where | finding |", "|---|---|---|---|---|"]

@@ -26,10 +26,11 @@ def describe_run(run: Run) -> dict[str, Any]:
         "rows": run.rows, "first_step": first, "last_step": last,
         "splits": {row["split"]: {"rows": row["n"], "steps": row["steps"]}
                    for row in counts.sort("split").iter_rows(named=True)},
-        "columns": run.table.collect_schema().names(),
+        "columns": run.columns,
         "column_mapping": {k: v for k, v in run.column_mapping.items() if k != v},
         "metadata": {name: {"value": getattr(run.meta, name), "source": run.meta.source_of(name)}
-                     for name in META_FIELDS if getattr(run.meta, name) is not None},
+                     for name in META_FIELDS
+                     if getattr(run.meta, name) is not None and run.meta.source_of(name) is not None},
         "trainer_config": run.meta.trainer_config,
         "notes": run.notes,
     }

@@ -9,6 +9,19 @@ from pathlib import Path
 from dpodiag.errors import OutputError
 
 
+def check_not_input(path: str | Path, inputs: list[str | Path]) -> None:
+    """Raise when the output `path` is one of the inputs, which --force would destroy.
+
+    Raises:
+        OutputError: `path` names the same file as an input, or a file inside an input folder.
+    """
+    target = Path(path).resolve()
+    for source in map(Path, inputs):
+        source = source.resolve()
+        if target == source or (source.is_dir() and source in target.parents):
+            raise OutputError(f"{path}: is one of the inputs ({source}); choose another output name")
+
+
 def check_output(path: str | Path, *, force: bool = False) -> Path:
     """Raise the OutputError that writing to `path` would raise before any data is written.
 

@@ -45,7 +45,8 @@ def run_summary(run: Run) -> dict[str, Any]:
     return {"run": run.name, "source": run.source, "level": run.level, "rows": run.rows,
             "splits": run.splits, "first_step": first, "last_step": last,
             "beta": run.meta.beta, "beta_source": run.meta.source_of("beta"),
-            "loss_type": run.meta.loss_type, "loss_type_source": run.meta.source_of("loss_type")}
+            "loss_type": run.meta.loss_type, "loss_type_source": run.meta.source_of("loss_type"),
+            "notes": list(run.notes)}
 
 
 def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
@@ -112,7 +113,11 @@ def diagnose(runs: list[Run], device: str = "auto") -> Diagnosis:
     """Analyse and check every run."""
     if not runs:
         raise UsageError("no run to diagnose")
+    findings: list[Finding] = []
     with cpu_threads():
         analysed = [analyse(run, device) for run in runs]
-        findings = [finding for data in analysed for finding in run_checks(data)]
+        for data in analysed:
+            findings += run_checks(data)
+            # Shared by the checks only; one row per example, so large for a large log.
+            data.cache.pop("example_summary", None)
     return Diagnosis(runs=analysed, findings=findings)

@@ -14,6 +14,10 @@ from typing import Any
 
 import polars as pl
 
+# The position of a row in its source file. A streamed run's table carries it, so that the log is
+# read in windows of source rows; the recomputed pair table does not.
+SOURCE_ROW = "source_row"
+
 # Pair-table columns: name -> polars dtype. Required ones are listed in PAIR_REQUIRED.
 PAIR_COLUMNS: dict[str, Any] = {
     "step": pl.Int64,
@@ -143,6 +147,11 @@ class Run:
     def streaming(self) -> bool:
         """True when the table is a LazyFrame that is scanned, not held in memory."""
         return isinstance(self.table, pl.LazyFrame)
+
+    @property
+    def columns(self) -> list[str]:
+        """The canonical columns of the table (without a streamed run's SOURCE_ROW)."""
+        return [name for name in self.table.collect_schema().names() if name != SOURCE_ROW]
 
     @property
     def rows(self) -> int:

@@ -76,10 +76,11 @@ def likelihood_displacement(data: RunData) -> list[Finding]:
     if rows.height >= MIN_TREND_STEPS:
         early, late = end_windows(rows)
         early_chosen, early_margin = (float(early.get_column(c).mean()) for c in ("rewards_chosen", "rewards_margins"))
-    elif reference_free:
-        raise Skip(f"needs {MIN_TREND_STEPS} train records: reference-free rewards have no known start")
+    elif reference_free or rows.height > 1:
+        raise Skip(f"needs {MIN_TREND_STEPS} train records for a trend")
     else:
-        # Reference-based rewards start at 0, so a short log is compared with that start.
+        # A single final record (a run summary) is compared with the start of a
+        # reference-based run, where every reward is 0.
         late, early_chosen, early_margin = rows, 0.0, 0.0
     late_chosen, late_margin = (float(late.get_column(c).mean()) for c in ("rewards_chosen", "rewards_margins"))
     margin_gain = late_margin - early_margin
@@ -195,12 +196,13 @@ LENGTH_CORRELATION_GAIN = 0.2
        fix="Balance lengths in the data, or use a length-normalised loss (sigmoid_norm, SimPO, "
            "R-DPO's length term).")
 def length_exploitation(data: RunData) -> list[Finding]:
-    pairs = data.scan_pairs()
+    if data.pairs is None:
+        raise Skip("needs a pair log")
     if not {"chosen_length", "rejected_length"} <= set(data.pair_columns):
         raise Skip("needs chosen_length and rejected_length")
     first = data.run.steps[0]
-    per_step = data.collect(
-        pairs.filter((pl.col("split") == "train") & (pl.col("step") > first) & pl.col("margin").is_finite())
+    per_step = data.per_step(
+        lambda rows: rows.filter((pl.col("split") == "train") & (pl.col("step") > first) & pl.col("margin").is_finite())
         .with_columns((pl.col("chosen_length") - pl.col("rejected_length")).alias("difference"))
         .group_by("step").agg(pl.corr("margin", "difference").alias("r"))
         .filter(pl.col("r").is_finite()).sort("step"))

@@ -74,6 +74,8 @@ def first_record_check(data: RunData) -> tuple[dict, bool] | None:
 
 def _compare_first_record(data: RunData, record: pl.DataFrame, value: float, loss_type: str,
                           source: str) -> tuple[dict, bool] | None:
+    if record["loss"][0] is None:
+        return None
     loss = float(record["loss"][0])
     # 1% covers bf16 (ln 2 logs as 0.6914-0.6934) and 4-decimal rounding.
     if not math.isfinite(loss) or abs(loss - value) <= max(0.01 * value, 1e-3):

@@ -63,13 +63,13 @@ def example_summary(data: RunData) -> pl.DataFrame:
 def may_repeat_records(data: RunData) -> bool:
     """False when no (split, step, example_id) occurs twice in the pair table.
 
-    Compares the number of distinct 64-bit hashes of the combination with the row count: equal
-    combinations hash equally, so a repeat always shows, and a hash collision can only report a
-    repeat that the exact count then refutes.
+    Compares the number of distinct 64-bit hashes of the combination with the row count, per
+    window of steps: equal combinations hash equally, so a repeat always shows, and a hash
+    collision can only report a repeat that the exact count then refutes.
     """
     key = pl.struct("split", "step", "example_id").hash()
-    counts = data.collect(data.scan_pairs().select(pl.len().alias("rows"), key.n_unique().alias("distinct")))
-    return counts.get_column("distinct")[0] < counts.get_column("rows")[0]
+    counts = data.per_step(lambda pairs: pairs.select(pl.len().alias("rows"), key.n_unique().alias("distinct")))
+    return bool((counts.get_column("distinct") < counts.get_column("rows")).any())
 
 
 def has_example_ids(data: RunData) -> bool:

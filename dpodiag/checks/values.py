@@ -6,6 +6,7 @@ import polars as pl
 
 from dpodiag.checks.base import Finding, RunData, Skip, check
 from dpodiag.checks.per_example import example_summary, identical_responses, may_repeat_records
+from dpodiag.compute.quantiles import median
 
 LOGPS_COLUMNS = ["policy_chosen_logps", "policy_rejected_logps",
                  "reference_chosen_logps", "reference_rejected_logps"]
@@ -76,7 +77,7 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
     # NaN compares above every number in polars; non-finite values are another check's.
     totals = data.collect(pairs.select(
         pl.len().alias("rows"),
-        *((pl.col(c).is_finite() & (pl.col(c) > 1e-6)).sum().alias(f"{c}/positive") for c in logps),
+        *((pl.col(c).is_finite() & (pl.col(c) > 0)).sum().alias(f"{c}/positive") for c in logps),
         *((pl.col(c) == 0).sum().alias(f"{c}/zero") for c in logps),
         *((pl.col(c) <= 0).sum().alias(f"{c}/non_positive") for c in lengths))).row(0, named=True)
     problems: dict[str, dict[str, int]] = {}
@@ -106,6 +107,13 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
        causes="A smoke test, a run that crashed early, or a log cut short.",
        fix="Log more steps (logging_steps=1) or run longer before judging the dynamics.")
 def too_little_data(data: RunData) -> list[Finding]:
+    if data.pairs is None and not _has_preference_metrics(data.steps):
+        return [data.finding(
+            "too-little-data", "The log has no preference metrics",
+            "The log has no rewards, margins, accuracies or per-response log-probs, so nothing "
+            "about the preference objective can be judged (a log of SFT or another trainer "
+            "reads like this). Pass the log of the DPO-family run, or a pair log.",
+            evidence={"columns": sorted(data.steps.columns)})]
     train = data.split_steps("train")
     steps = train.height
     pairs = None
@@ -122,6 +130,15 @@ def too_little_data(data: RunData) -> list[Finding]:
         + (f" and {MIN_PAIRS} pairs" if pairs is not None else "")
         + " are needed to judge trends. Checks of trends are skipped; a verdict needs a longer log.",
         split="train", evidence={"train_steps": steps, "train_pairs": pairs})]
+
+
+PREFERENCE_METRICS = ("rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies",
+                      "logps_chosen", "logps_rejected")
+
+
+def _has_preference_metrics(steps: pl.DataFrame) -> bool:
+    """True when a step table has at least one value of a preference metric."""
+    return any(c in steps.columns and steps.get_column(c).is_not_null().any() for c in PREFERENCE_METRICS)
 
 
 @check("degenerate-pairs", "warning", ("pairs",),
@@ -221,15 +238,16 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
         raise Skip("needs sequence log-probs")
 
     # Per-step correlation of |log-prob| with length, chosen and rejected pooled.
-    pooled = pl.concat([
-        pairs.select("step", pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
-        pairs.select("step", pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
-    ]).filter(pl.col("size").is_finite())
-    per_step, medians = pl.collect_all([
-        pooled.group_by("step").agg(pl.corr("size", "length").alias("r"), pl.col("length").std().alias("spread"))
-        .filter((pl.col("spread") > 0) & pl.col("r").is_finite()),
-        pooled.select((pl.col("size") / pl.col("length")).median().alias("per_token"))], engine=data.engine)
-    per_token = float(medians.get_column("per_token")[0])
+    def pooled(rows: pl.LazyFrame) -> pl.LazyFrame:
+        return pl.concat([
+            rows.select("step", pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
+            rows.select("step", pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
+        ]).filter(pl.col("size").is_finite())
+
+    per_step = data.per_step(lambda rows: pooled(rows).group_by("step")
+                             .agg(pl.corr("size", "length").alias("r"), pl.col("length").std().alias("spread"))
+                             .filter((pl.col("spread") > 0) & pl.col("r").is_finite()))
+    per_token = float(median(pooled(pairs), pl.col("size") / pl.col("length"), data.engine))
     if per_step.height < 3 and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
         raise Skip("too few steps with varying response lengths")
     correlation = float(per_step.get_column("r").median()) if per_step.height else None

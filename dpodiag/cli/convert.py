@@ -19,11 +19,16 @@ from dpodiag.errors import UsageError
 def convert_command(run, output, force, load_options, device):
     """Write RUN as one canonical parquet table, with its metadata under the key "dpodiag"."""
     from dpodiag.conversion import write_canonical
+    from dpodiag.outputs import check_not_input, check_output
     from dpodiag.pipeline import load
 
     if load_options["streaming"]:
         raise UsageError("convert reads the log into memory; --streaming applies to check, report "
                          "and inspect")
+    if output.suffix.lower() not in (".parquet", ".pq"):
+        raise UsageError(f"{output}: convert writes parquet; give the output a .parquet name")
+    check_not_input(output, [run])
+    check_output(output, force=force)
     runs = load([run], **{**load_options, "streaming": False})
     written = write_canonical(runs, output, force=force)
     rows = sum(r.table.height for r in runs)

@@ -34,12 +34,13 @@ def default_output(run_name: str) -> Path:
 @run_options
 def report_command(runs, output, force, title, load_options, device):
     """Write an HTML report of RUN... (files or folders), all runs compared on one page."""
-    from dpodiag.outputs import check_output
+    from dpodiag.outputs import check_not_input, check_output
     from dpodiag.pipeline import diagnose, load
     from dpodiag.report import write_report
 
     # An existing output is reported before the runs are read, not after minutes of work.
     if output is not None:
+        check_not_input(output, list(runs))
         check_output(output, force=force)
     diagnosis = diagnose(load(list(runs), **load_options), device=device)
     if output is None:

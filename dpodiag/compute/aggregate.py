@@ -85,9 +85,11 @@ def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return pairs.group_by(KEYS).agg(exprs).sort(KEYS)
 
 
-def step_windows(step_counts: pl.DataFrame, window_rows: int = WINDOW_ROWS) -> list[tuple[int, int]]:
+def step_windows(step_counts: pl.DataFrame, window_rows: int | None = None) -> list[tuple[int, int]]:
     """Split the steps of `step_counts` (columns step, len) into ranges [first, last] of whole
-    steps with at most `window_rows` rows each, or one step when it alone has more."""
+    steps with at most `window_rows` (default WINDOW_ROWS) rows each, or one step when it alone
+    has more."""
+    window_rows = window_rows or WINDOW_ROWS
     windows: list[tuple[int, int]] = []
     first = last = None
     rows = 0

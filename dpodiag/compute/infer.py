@@ -11,6 +11,7 @@ import polars as pl
 import torch
 
 from dpodiag.compute.identify import identify, strided_sample
+from dpodiag.compute.quantiles import median
 from dpodiag.compute.recompute import log_ratio_expressions, recompute
 from dpodiag.schema import Run
 
@@ -48,16 +49,16 @@ def infer_normalisation(run: Run) -> None:
                                      & (pl.col(column) != 0))
     size = pl.col(column).abs()
     per_token = size / pl.col("chosen_length")
+    engine = "streaming" if run.streaming else "auto"
     stats = finite.select(pl.len().alias("rows"), pl.col("chosen_length").n_unique().alias("lengths"),
                           size.mean().alias("size_mean"), size.std().alias("size_std"),
-                          size.median().alias("size_median"), per_token.mean().alias("per_token_mean"),
-                          per_token.std().alias("per_token_std"))
-    stats = stats.collect(engine="streaming" if run.streaming else "auto").row(0, named=True)
+                          per_token.mean().alias("per_token_mean"), per_token.std().alias("per_token_std"))
+    stats = stats.collect(engine=engine).row(0, named=True)
     if stats["rows"] < 8 or stats["lengths"] < 3:
         return
     ratio = (_variation(stats["per_token_mean"], stats["per_token_std"])
              / _variation(stats["size_mean"], stats["size_std"]))
-    magnitude = float(stats["size_median"])
+    magnitude = float(median(finite, size, engine))
     if ratio <= SUM_RATIO:
         value = "sum"
     elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:

@@ -11,7 +11,7 @@ import torch
 
 from dpodiag.compute.losses import LOSSES, PairBatch
 from dpodiag.compute.rewards import bradley_terry_probability, gradient_weight, log_ratio, reward_margin
-from dpodiag.schema import Run
+from dpodiag.schema import SOURCE_ROW, Run
 
 # Rows per chunk on a GPU, so that a log need not fit in device memory (~10 float64 tensors each).
 CUDA_CHUNK_ROWS = 8_000_000
@@ -125,7 +125,12 @@ def with_derived(run: Run, frame: pl.DataFrame, device: torch.device) -> pl.Data
     base = frame.drop([c for c in DERIVED_COLUMNS if c in frame.columns])
     if frame.height == 0:
         return base.with_columns(pl.Series(name, [], dtype=pl.Float64) for name in DERIVED_COLUMNS)
-    return base.with_columns(pl.concat(parts, rechunk=False) for parts in chunks.values())
+    columns = [pl.concat(parts, rechunk=False) for parts in chunks.values()]
+    if "beta" not in frame.columns:
+        # One beta for the whole run: a constant column, which polars stores as one value.
+        default = run.meta.beta if run.meta.beta is not None else float("nan")
+        columns[DERIVED_COLUMNS.index("beta_used")] = pl.lit(default, dtype=pl.Float64).alias("beta_used")
+    return base.with_columns(columns)
 
 
 def recompute(run: Run, device: torch.device) -> pl.DataFrame:
@@ -135,19 +140,37 @@ def recompute(run: Run, device: torch.device) -> pl.DataFrame:
 
 
 def recompute_to_files(run: Run, device: torch.device, folder: Path) -> pl.LazyFrame:
-    """Recompute a streamed run batch by batch into parquet files in `folder`, and return a
+    """Recompute a streamed run window by window into parquet files in `folder`, and return a
     LazyFrame that scans them: the pair table with DERIVED_COLUMNS, never held in memory whole.
 
-    Batches are read in table order by polars' streaming engine, so the files keep the log's
-    row order and their row-group statistics let a scan skip the steps it filters out.
+    A run read from a file carries SOURCE_ROW, and each window is CPU_CHUNK_ROWS rows of the
+    source file, which a filter on SOURCE_ROW reads alone; so the files keep the log's row order
+    and memory holds one window at a time. Other LazyFrames are read in polars' streaming
+    batches, which may buffer the whole run.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    batches = run.table.collect_batches(chunk_size=chunk_rows(device), engine="streaming")
     written = 0
-    for index, batch in enumerate(batches):
-        with_derived(run, batch, device).write_parquet(folder / f"part-{index:06d}.parquet",
-                                                        compression="lz4", statistics=True)
+    for index, window in enumerate(_windows(run.table)):
+        if window.height == 0:
+            continue
+        part = with_derived(run, window.drop(SOURCE_ROW, strict=False), device)
+        part.write_parquet(folder / f"part-{index:06d}.parquet", compression="lz4", statistics=True)
         written += 1
     if written == 0:
-        return with_derived(run, run.table.head(0).collect(), device).lazy()
+        empty = run.table.head(0).collect().drop(SOURCE_ROW, strict=False)
+        return with_derived(run, empty, device).lazy()
     return pl.scan_parquet(folder / "part-*.parquet")
+
+
+def _windows(table: pl.LazyFrame):
+    """Yield the rows of `table` in order, CPU_CHUNK_ROWS source rows (or one batch) at a time."""
+    if SOURCE_ROW not in table.collect_schema().names():
+        yield from table.collect_batches(chunk_size=CPU_CHUNK_ROWS, engine="streaming")
+        return
+    bounds = table.select(pl.col(SOURCE_ROW).min().alias("first"), pl.col(SOURCE_ROW).max().alias("last"))
+    first, last = bounds.collect(engine="streaming").row(0)
+    if first is None:
+        return
+    for start in range(first, last + 1, CPU_CHUNK_ROWS):
+        rows = pl.col(SOURCE_ROW).is_between(start, start + CPU_CHUNK_ROWS - 1)
+        yield table.filter(rows).collect(engine="streaming")

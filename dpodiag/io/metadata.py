@@ -37,6 +37,9 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
         clean[key] = float(value)
     if clean.get("beta") is not None and clean["beta"] <= 0:
         raise _error(error, where, f"expected beta to be > 0, got {clean['beta']}")
+    eps = clean.get("label_smoothing")
+    if eps is not None and not 0 <= eps < 0.5:
+        raise _error(error, where, f"expected label_smoothing to be in [0, 0.5), got {eps}")
     for key in TEXT_FIELDS:
         if values.get(key) is not None:
             clean[key] = str(values[key])
@@ -95,4 +98,7 @@ def apply_metadata(meta: RunMeta, path: Path, file_meta: dict[str, Any],
     meta.update(file_meta, "metadata")
     meta.update(read_sidecar(path), "sidecar")
     meta.update(validate_meta(flags or {}, "command line", UsageError), "flag")
+    # The sigmoid loss with label smoothing is cDPO (TRL up to 0.28 computes it that way).
+    if meta.loss_type == "sigmoid" and meta.label_smoothing > 0:
+        meta.update({"loss_type": "cdpo"}, meta.source_of("loss_type") or "flag")
     return meta

@@ -12,7 +12,7 @@ from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, read_parquet_meta
 from dpodiag.io.source import logical_suffix, table_error, table_source
-from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, Run, RunMeta
+from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
                  ".jsonl": "jsonl", ".ndjson": "jsonl", ".arrow": "arrow", ".feather": "arrow"}
@@ -92,25 +92,27 @@ def check_required(path: Path, mapping: dict[str, str]) -> None:
 
 
 def scan_table(path: Path | list[Path] | io.BytesIO, fmt: str, mapping: dict[str, str],
-               separator: str = ",") -> pl.LazyFrame:
+               separator: str = ",", source_row: bool = False) -> pl.LazyFrame:
     """Lazily scan only the mapped columns, renamed to their canonical names.
 
     A list of parquet files is scanned as one table; a column missing from some files is null there.
-    `separator` is the CSV field separator.
+    `separator` is the CSV field separator. With `source_row`, the column SOURCE_ROW numbers the
+    rows from 0, and a filter on it reads only the parquet row groups it selects.
     """
-    columns = list(mapping.values())
+    columns = list(mapping.values()) + ([SOURCE_ROW] if source_row else [])
+    row_index = SOURCE_ROW if source_row else None
     if isinstance(path, io.BytesIO):
         path.seek(0)
     if fmt == "parquet" and isinstance(path, list):
-        frame = pl.scan_parquet(path, missing_columns="insert")
+        frame = pl.scan_parquet(path, missing_columns="insert", row_index_name=row_index)
     elif fmt == "parquet":
-        frame = pl.scan_parquet(path)
+        frame = pl.scan_parquet(path, row_index_name=row_index)
     elif fmt == "arrow":
-        frame = pl.scan_ipc(path)
+        frame = pl.scan_ipc(path, row_index_name=row_index)
     elif fmt == "csv":
-        frame = pl.scan_csv(path, separator=separator, infer_schema_length=0)
+        frame = pl.scan_csv(path, separator=separator, infer_schema_length=0, row_index_name=row_index)
     else:
-        frame = pl.scan_ndjson(path, infer_schema_length=None)
+        frame = pl.scan_ndjson(path, infer_schema_length=None, row_index_name=row_index)
     return frame.select(columns).rename({their: canonical for canonical, their in mapping.items()})
 
 
@@ -226,6 +228,10 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     reader = PairTableReader(path, fmt, plan, schema, mapping, run_name or _stem(path), notes,
                              engine="streaming" if stream else "auto")
     try:
+        if stream and fmt in ("parquet", "arrow"):
+            # Parquet and Arrow scans read a window of source rows alone (see recompute_to_files);
+            # a text file would be parsed whole for every window.
+            reader.plan = scan_table(shards or source, fmt, mapping, separator, source_row=True)
         tables = reader.streamed_tables() if stream else reader.tables()
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
         raise table_error(path, fmt, exc) from None

@@ -45,7 +45,7 @@ def test_json_document(logs):
     assert set(document) == {"dpodiag_version", "runs", "findings"}
     first = document["runs"][0]
     assert set(first) == {"run", "source", "level", "rows", "splits", "first_step", "last_step",
-                          "beta", "beta_source", "loss_type", "loss_type_source"}
+                          "beta", "beta_source", "loss_type", "loss_type_source", "notes"}
     assert (first["run"], first["level"], first["beta_source"]) == ("healthy", "pairs", "metadata")
     assert first["splits"] == ["train", "eval"]
     errors = [f for f in document["findings"] if f["severity"] == "error"]
@@ -99,3 +99,49 @@ def test_pair_and_step_logs_in_one_check(logs):
         ("healthy", "pairs"), ("translation-dpo-gams9b-nograd-stuck", "steps")]
     assert ("no-learning-signal", "translation-dpo-gams9b-nograd-stuck") in {
         (f["code"], f["run"]) for f in document["findings"]}
+
+
+def test_label_smoothing_out_of_range(logs):
+    result = dpodiag("check", logs[0], "--loss-type", "cdpo", "--label-smoothing", "-1")
+    assert result.returncode == 2
+    assert "expected label_smoothing to be in [0, 0.5), got -1.0" in result.stderr
+
+
+def test_report_refuses_to_overwrite_its_input(tmp_path, logs):
+    import shutil
+    copy = shutil.copy(logs[0], tmp_path / "run.parquet")
+    before = (tmp_path / "run.parquet").read_bytes()
+    result = dpodiag("report", copy, "-o", copy, "--force")
+    assert result.returncode == 2
+    assert "is one of the inputs" in result.stderr
+    assert (tmp_path / "run.parquet").read_bytes() == before
+
+
+def test_convert_needs_a_parquet_name(tmp_path, logs):
+    result = dpodiag("convert", logs[0], "-o", tmp_path / "out.csv")
+    assert result.returncode == 2
+    assert "give the output a .parquet name" in result.stderr
+
+
+def test_step_log_without_preference_metrics(tmp_path):
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"log_history": [
+        {"loss": 2.3 - 0.01 * i, "grad_norm": 1.0, "learning_rate": 1e-5, "epoch": i / 100, "step": i}
+        for i in range(1, 50)]}))
+    result = dpodiag("check", path)
+    assert "WARNING too-little-data: The log has no preference metrics" in result.stdout
+
+
+def test_first_record_without_loss(tmp_path):
+    rows = ["_step,train/loss,train/rewards/chosen,train/rewards/rejected,train/rewards/margins,"
+            "train/rewards/accuracies,train/logps/chosen,train/logps/rejected"]
+    for step in range(1, 12):
+        chosen, margin = -0.01 * (step - 1), 0.05 * (step - 1)
+        loss = "" if step == 1 else f"{0.69 - 0.01 * step:.4f}"
+        rows.append(f"{step},{loss},{chosen},{chosen - margin},{margin},0.6,{-40 + chosen * 10},"
+                    f"{-55 + (chosen - margin) * 10}")
+    path = tmp_path / "wandb_history.csv"
+    path.write_text("\n".join(rows) + "\n")
+    result = dpodiag("check", path, "--loss-type", "sigmoid", "--beta", "0.1")
+    assert result.returncode in (0, 1), result.stderr
+    assert "internal error" not in result.stderr
