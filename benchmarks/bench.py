@@ -2,12 +2,13 @@
 
 The floor is a minimal hand-written script with the same stack (polars and torch imported, the
 columns a margin needs read with polars, margins computed with torch, per-step means with
-polars). Every command runs as a subprocess, three times by default; the table reports the
-median wall time, the median peak resident memory (ru_maxrss of that child, from wait4), and
-both as ratios to the floor measured in the same run, because the machine may be shared.
+polars). Every command runs as a subprocess, three times by default. The table reports the
+median wall time and the median peak resident memory (ru_maxrss of that child, from wait4).
+It also gives both as ratios to the floor measured in the same run, because the machine may be
+shared.
 
     .venv/bin/python benchmarks/bench.py --sizes 1M,10M
-    .venv/bin/python benchmarks/bench.py --sizes 30M --streaming-cap 6G --repeats 1
+    .venv/bin/python benchmarks/bench.py --sizes 1M,10M,30M --streaming-cap 7G --in-memory-under-cap
 
 Pair logs are generated once into --data-dir (see datagen.py) and reused.
 """
@@ -48,6 +49,14 @@ means = (frame.select("run", "split", "step").with_columns(pl.Series("margin", m
 print(means.height)
 """
 SIZE_SCRIPT = "import sys, polars as pl; print(pl.read_parquet(sys.argv[1]).estimated_size())"
+# Runs the CLI of another source tree of dpodiag (an earlier version), ahead of the installed one.
+BASELINE_CLI = """
+import sys
+sys.meta_path = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+sys.path.insert(0, sys.argv.pop(1))
+from dpodiag.cli.main import main
+main(sys.argv[1:])
+"""
 
 
 @dataclass
@@ -150,11 +159,15 @@ def bench_size(rows: int, args, dpodiag: list[str], scratch: Path) -> list[tuple
     results = [(label, floor, floor, needed)]
     check = measure(f"check {label}", [*dpodiag, "check", str(path), "--device", "cpu"], args.repeats)
     results.append((label, check, floor, needed))
+    if args.baseline and rows in args.baseline_rows:
+        baseline = measure(f"check {label}, baseline tree", [sys.executable, "-c", BASELINE_CLI,
+                                                              str(args.baseline), "check", str(path)], 1)
+        results.append((label, baseline, floor, needed))
     if not args.skip_report:
         report = measure(f"report {label}", [*dpodiag, "report", str(path), "--device", "cpu", "--force",
                                              "-o", str(scratch / "report.html")], args.repeats)
         results.append((label, report, floor, needed))
-    if args.streaming_cap:
+    if args.streaming_cap and rows in args.streaming_rows:
         cap = parse_size(args.streaming_cap)
         streamed = measure(f"check --streaming {label} (cap {args.streaming_cap})",
                            [*dpodiag, "check", str(path), "--device", "cpu", "--streaming"],
@@ -188,10 +201,17 @@ def main() -> None:
     parser.add_argument("--skip-report", action="store_true", help="time `check` only")
     parser.add_argument("--streaming-cap", help="also run `check --streaming` with this address-space "
                         "limit (RLIMIT_AS, as `ulimit -v`), e.g. 6G")
+    parser.add_argument("--streaming-sizes", default="30M",
+                        help="sizes at which --streaming-cap applies (comma-separated)")
     parser.add_argument("--streaming-repeats", type=int, default=1)
     parser.add_argument("--in-memory-under-cap", action="store_true",
                         help="also run `check --in-memory` under --streaming-cap, to show it fails there")
+    parser.add_argument("--baseline", type=Path, help="also time `check` once with the dpodiag "
+                        "package of this source tree, e.g. an earlier commit unpacked with git archive")
+    parser.add_argument("--baseline-sizes", default="1M,10M", help="sizes at which --baseline runs")
     args = parser.parse_args()
+    args.streaming_rows = {parse_size(size) for size in args.streaming_sizes.split(",")}
+    args.baseline_rows = {parse_size(size) for size in args.baseline_sizes.split(",")}
     if REPOSITORY in args.data_dir.resolve().parents:
         parser.error("--data-dir must be outside the repository")
 

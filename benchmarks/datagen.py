@@ -69,7 +69,8 @@ class Examples:
 def scored_rows(run: str, split: str, steps: np.ndarray, example: np.ndarray, epoch: np.ndarray,
                 examples: Examples, progress: np.ndarray, beta_used: float,
                 rng: np.random.Generator) -> pa.Table:
-    """One row per (step, example) scoring: policy log-probs drift from the reference with progress."""
+    """Build one row per (step, example) scoring; the policy log-probs drift from the reference
+    as training progresses."""
     n = len(steps)
     chosen_ratio = progress * (-2.0 + 6.0 * rng.standard_normal(n))
     rejected_ratio = progress * (-15.0 + 8.0 * rng.standard_normal(n))

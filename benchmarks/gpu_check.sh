@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check dpodiag's CUDA path on a machine with an NVIDIA GPU and a CUDA build of torch:
-# install the package into a virtual environment that sees the system's torch, run the CUDA
+# install the package into a virtual environment that uses the system's torch, run the CUDA
 # test, and time the CPU against the GPU recompute on 10M- and 30M-row pair logs.
 #
 # A GPU machine without internet needs the packages its Python lacks as wheels in .whl/.

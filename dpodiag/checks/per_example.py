@@ -1,9 +1,9 @@
 """Per-example statistics of the pair table, computed in one pass and shared by several checks.
 
 A pair log with example ids scores the same example at several steps (epochs, evaluations).
-Degenerate pairs, repeated records, a moving reference and a policy that never moves are all
-questions about one example across its scorings; one group-by over (split, example_id) answers
-them together, because the group-by is the expensive part on a large log.
+Degenerate pairs, a moving reference and a policy that never moves are all questions about one
+example across its scorings. One group-by over (split, example_id) serves them together, because
+the group-by is the expensive part on a large log.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _finite(column: str) -> pl.Expr:
 
 
 def example_summary(data: RunData) -> pl.DataFrame:
-    """One row per (split, example_id) of a pair table with example ids (cached per run).
+    """Summarise every (split, example_id) of a pair table with example ids in one row (cached).
 
     Columns: `rows`, the scorings of the example; `same`, whether every scoring has identical
     responses; `policy_scored` and `policy_spread`, the finite policy chosen log-probs and their
@@ -64,8 +64,8 @@ def may_repeat_records(data: RunData) -> bool:
     """False when no (split, step, example_id) occurs twice in the pair table.
 
     Compares the number of distinct 64-bit hashes of the combination with the row count, per
-    window of steps: equal combinations hash equally, so a repeat always shows, and a hash
-    collision can only report a repeat that the exact count then refutes.
+    window of steps. Equal combinations hash equally, so a repeat always shows. A hash collision
+    can only report a repeat that the exact count then refutes.
     """
     key = pl.struct("split", "step", "example_id").hash()
     counts = data.per_step(lambda pairs: pairs.select(pl.len().alias("rows"), key.n_unique().alias("distinct")))

@@ -10,13 +10,13 @@ import polars as pl
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEYS = ["run", "split", "step"]
-# Rows aggregated in memory at a time when the pair table is a streamed scan. A window holds
+# Rows aggregated in memory at a time when the pair table is a streamed scan. A window contains
 # whole steps, so one step with more rows than this makes a larger window.
 WINDOW_ROWS = 1_000_000
 
 
 def _finite(column: str) -> pl.Expr:
-    """The column with NaN and Inf replaced by null, which every aggregation skips."""
+    """Replace NaN and Inf in the column by null, which every aggregation skips."""
     col = pl.col(column)
     return pl.when(col.is_finite()).then(col)
 
@@ -33,7 +33,7 @@ def _quantiles(column: str, prefix: str) -> list[pl.Expr]:
 
 
 def aggregate_expressions(columns: set[str]) -> list[pl.Expr]:
-    """The per-step aggregations of a recomputed pair table with `columns`."""
+    """Build the per-step aggregations of a recomputed pair table with `columns`."""
     exprs: list[pl.Expr] = [
         pl.len().alias("pairs"),
         pl.when(pl.col("chosen_logratio").is_finite()).then(pl.col("beta_used") * pl.col("chosen_logratio"))
@@ -48,8 +48,7 @@ def aggregate_expressions(columns: set[str]) -> list[pl.Expr]:
         _mean("loss_recomputed"),
         _mean("probability", "probability_mean"),
         _mean("grad_weight", "grad_weight_mean"),
-        (pl.col("grad_weight").sum() ** 2 / (pl.col("grad_weight") ** 2).sum() / pl.len())
-        .alias("ess_fraction"),
+        _ess_fraction("grad_weight"),
         (~pl.col("margin").is_finite()).sum().alias("nonfinite_margins"),
         *_quantiles("probability", "probability"),
         *_quantiles("margin", "margin"),
@@ -68,6 +67,16 @@ def aggregate_expressions(columns: set[str]) -> list[pl.Expr]:
     if "epoch" in columns:
         exprs.append(pl.col("epoch").max().alias("epoch"))
     return exprs
+
+
+def _ess_fraction(column: str) -> pl.Expr:
+    """(sum w)^2 / sum w^2 / n, with w divided by its maximum first so that tiny weights
+    (margins in the hundreds) do not underflow when squared; 0 when every weight is 0."""
+    weights = pl.col(column)
+    top = weights.max()
+    scaled = weights / top
+    return (pl.when(top > 0).then(scaled.sum() ** 2 / (scaled ** 2).sum() / pl.len())
+            .otherwise(0.0).alias("ess_fraction"))
 
 
 def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:

@@ -11,9 +11,9 @@ from dpodiag.errors import UsageError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # Intra-op threads of torch's CPU operations during an analysis. The recompute runs on chunks of
 # at most CPU_CHUNK_ROWS rows and the loss fits on small grids, where a second OpenMP thread gains
-# little; when the cores are shared, its threads wait on each other and the same work took 3 to
-# 5 times longer (benchmarks/bench.py on a 2-core VM under load). Polars' own thread pool
-# parallelises the reading and the aggregation.
+# little. When the cores are shared, the threads wait on each other: the 10M-row recompute took
+# 3 to 5 times longer on two threads than on one (a 2-core VM with a load average near 6).
+# Polars' own thread pool parallelises the reading and the aggregation.
 CPU_THREADS = 1
 
 
@@ -34,8 +34,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @contextlib.contextmanager
 def cpu_threads(count: int = CPU_THREADS):
-    """Run torch CPU operations on `count` intra-op threads inside the block; the previous
-    setting is restored on exit, so a training loop in the same process keeps its own."""
+    """Run torch CPU operations on `count` intra-op threads inside the block.
+
+    The previous setting is restored on exit, so a training loop in the same process keeps its own.
+    """
     previous = torch.get_num_threads()
     if previous == count:
         yield

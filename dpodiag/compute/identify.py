@@ -135,7 +135,7 @@ class _Predictor:
         return sums.index_add_(-1, self.groups, values) / self.counts
 
     def predict(self, spec: LossSpec, beta: float | torch.Tensor) -> torch.Tensor:
-        """The loss of every row (or step) at `beta`; a [G, 1] tensor of betas gives [G, rows]."""
+        """Return the loss of every row (or step) at `beta`; a [G, 1] tensor of betas gives [G, rows]."""
         with torch.no_grad():
             return self._reduce(spec.fn(self.batch, beta, **self.options).to(torch.float64))
 
@@ -160,8 +160,8 @@ def _fit_beta(predictor: _Predictor, spec: LossSpec) -> LossFit:
     """Grid search over log-spaced beta, then REFINE_ROUNDS finer grids around the best point.
 
     Each refinement evaluates REFINE_POINTS betas evenly spaced in log beta between the best
-    point's neighbours and keeps the best, so the bracket shrinks (REFINE_POINTS - 1) / 2 times
-    per round: from 0.38 to about 6e-9 in log beta (a relative beta error near 1e-8).
+    point's neighbours and keeps the best. The bracket shrinks (REFINE_POINTS - 1) / 2 times per
+    round, from 0.38 to about 6e-9 in log beta (a relative beta error near 1e-8).
     """
     errors = predictor.grid_rmse(spec, BETA_GRID)
     best = int(np.argmin(errors))

@@ -45,6 +45,7 @@ def infer_normalisation(run: Run) -> None:
     column = next((c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in columns), None)
     if meta.logps_normalisation is not None or column is None or "chosen_length" not in columns:
         return
+
     finite = run.table.lazy().filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0)
                                      & (pl.col(column) != 0))
     size = pl.col(column).abs()
@@ -59,6 +60,7 @@ def infer_normalisation(run: Run) -> None:
     ratio = (_variation(stats["per_token_mean"], stats["per_token_std"])
              / _variation(stats["size_mean"], stats["size_std"]))
     magnitude = float(median(finite, size, engine))
+
     if ratio <= SUM_RATIO:
         value = "sum"
     elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:
@@ -99,7 +101,7 @@ def infer_pair_meta(run: Run) -> None:
 
 
 def provisional_fit_rows(run: Run) -> pl.DataFrame:
-    """The rows of the run's first split that `identify` fits, recomputed with beta 1.
+    """Select the rows of the run's first split that `identify` fits, and recompute them with beta 1.
 
     Log-ratios do not depend on beta or the loss, so a provisional recompute gives them. The
     rows are chosen before the recompute, by the rule of `identify.fit_rows` on the same

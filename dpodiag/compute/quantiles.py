@@ -1,10 +1,10 @@
 """Exact medians of a column that is scanned, not held in memory.
 
 Polars' median of a streamed column keeps every value. Here the median's order statistics are
-found by counting values per bin over a few scans: a first scan counts the values and finds the
-range of the finite ones, each further scan counts the finite values in BINS equal bins of the
-current range and narrows it to the bin that holds the wanted rank, until that bin holds at most
-COLLECT_LIMIT values, which are collected and sorted. Memory stays at BINS counts and
+found by counting values per bin over a few scans. A first scan counts the values and finds the
+range of the finite ones. Each further scan counts the finite values in BINS equal bins of the
+current range and narrows it to the bin that contains the wanted rank, until that bin contains
+at most COLLECT_LIMIT values, which are collected and sorted. Memory stays at BINS counts and
 COLLECT_LIMIT values, and the result is the median polars computes on the whole column.
 """
 
@@ -43,7 +43,7 @@ def median(table: pl.LazyFrame, value: pl.Expr, engine: str = "auto") -> float |
 
 
 def _order_statistic(values: pl.LazyFrame, rank: int, counts: dict, engine: str) -> float:
-    """The value at 0-based `rank` in ascending order (-inf, finite values, +inf, NaN)."""
+    """Return the value at 0-based `rank` in ascending order (-inf, finite values, +inf, NaN)."""
     if rank < counts["below"]:
         return -math.inf
     rank -= counts["below"]
@@ -57,7 +57,7 @@ def _order_statistic(values: pl.LazyFrame, rank: int, counts: dict, engine: str)
 
 def _finite_order_statistic(finite: pl.LazyFrame, rank: int, low: float, high: float, count: int,
                             engine: str) -> float:
-    """The value at `rank` among the finite values, all of which lie in [low, high]."""
+    """Return the value at `rank` among the finite values, all of which lie in [low, high]."""
     inside = finite.filter(pl.col(VALUE).is_between(low, high))
     while count > COLLECT_LIMIT and low < high:
         width = (high - low) / BINS

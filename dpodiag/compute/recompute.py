@@ -53,7 +53,7 @@ def pair_batch(frame: pl.DataFrame, device: torch.device, per_token: bool) -> Pa
 
 
 def log_ratio_expressions(columns: list[str]) -> tuple[pl.Expr, pl.Expr] | None:
-    """The chosen and rejected log-ratios as polars expressions, by the rule of `pair_batch`:
+    """Build the chosen and rejected log-ratios as polars expressions, by the rule of `pair_batch`:
     the given log-ratio columns, else policy minus reference log-probs, else the policy log-probs
     alone; None when the columns give neither. Float64 subtraction rounds as torch's does."""
     if {"chosen_logratio", "rejected_logratio"} <= set(columns):
@@ -115,7 +115,7 @@ def chunk_rows(device: torch.device) -> int:
 
 def with_derived(run: Run, frame: pl.DataFrame, device: torch.device) -> pl.DataFrame:
     """Return `frame` with DERIVED_COLUMNS added (replacing any given log-ratios), computed in
-    chunks of `chunk_rows(device)` rows; each derived column keeps the chunks as its own
+    chunks of `chunk_rows(device)` rows. Each derived column keeps the chunks as its own
     buffers, so no result is copied into one block."""
     chunks: dict[str, list[pl.Series]] = {name: [] for name in DERIVED_COLUMNS}
     with torch.no_grad():
@@ -143,9 +143,9 @@ def recompute_to_files(run: Run, device: torch.device, folder: Path) -> pl.LazyF
     """Recompute a streamed run window by window into parquet files in `folder`, and return a
     LazyFrame that scans them: the pair table with DERIVED_COLUMNS, never held in memory whole.
 
-    A run read from a file carries SOURCE_ROW, and each window is CPU_CHUNK_ROWS rows of the
-    source file, which a filter on SOURCE_ROW reads alone; so the files keep the log's row order
-    and memory holds one window at a time. Other LazyFrames are read in polars' streaming
+    A run read from a parquet or Arrow file carries SOURCE_ROW, and each window is
+    CPU_CHUNK_ROWS rows of the source file, which a filter on SOURCE_ROW reads alone. So the
+    files keep the log's row order, and memory keeps one window at a time. Other LazyFrames are read in polars' streaming
     batches, which may buffer the whole run.
     """
     folder.mkdir(parents=True, exist_ok=True)

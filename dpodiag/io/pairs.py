@@ -167,7 +167,7 @@ def canonical_split(column: pl.Expr) -> pl.Expr:
 
 
 def split_expression(schema: pl.Schema, values: pl.Series | None, notes: list[str]) -> pl.Expr:
-    """The canonical split column, from the distinct split `values` of the table.
+    """Build the canonical split column from the distinct split `values` of the table.
 
     The mapping is computed once per distinct value, not per row, and applied by lookup.
     """
@@ -247,10 +247,10 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
 class PairTableReader:
     """Reads the planned scan of a pair log into canonical tables, one per run name.
 
-    In memory, a file with several runs is read once per run with a filter on the run column,
-    which parquet row-group statistics turn into skipped row groups when the file is ordered
-    by run; other sources are read once and partitioned. Streamed, each run's table stays a
-    LazyFrame with the same casts and filter.
+    In memory, a parquet or Arrow file with several runs is read once per run with a filter on
+    the run column. Parquet row-group statistics let that filter skip the row groups of other
+    runs when the file is ordered by run. Other sources are read once and partitioned. Streamed,
+    each run's table stays a LazyFrame with the same casts and filter.
     """
 
     def __init__(self, path: Path, fmt: str, plan: pl.LazyFrame, schema: pl.Schema,
