@@ -185,7 +185,7 @@ def table(rows: list[tuple[str, Measurement, Measurement, int]]) -> str:
              "| peak RSS / columns | exit |",
              "|---|---|---|---|---|---|---|---|"]
     for label, m, floor, needed in rows:
-        lines.append(f"| {label} | {m.label.split(' ', 1)[0] if m is floor else m.label} "
+        lines.append(f"| {label} | {m.label} "
                      f"| {m.seconds / floor.seconds:.2f} | {m.seconds:.2f} "
                      f"| {m.peak_bytes / floor.peak_bytes:.2f} | {m.peak_bytes / 2**20:.0f} "
                      f"| {f'{m.peak_bytes / needed:.2f}' if needed else '-'} | {m.status} |")
@@ -230,7 +230,7 @@ def main() -> None:
             rows += bench_size(parse_size(size), args, dpodiag, Path(scratch))
     print()
     print(table(rows))
-    checks = {label: m.seconds for label, m, floor, _ in rows if m.label.startswith("check ") and label != "sample"}
+    checks = {label: m.seconds for label, m, floor, _ in rows if m.label == f"check {label}"}
     if "1M" in checks and "10M" in checks:
         print(f"\ncheck 10M / check 1M time: {checks['10M'] / checks['1M']:.2f}")
     if shutil.disk_usage(args.data_dir).free < 20 * 2**30:

@@ -102,7 +102,9 @@ def analyse_streamed(run: Run, device: str = "auto") -> RunData:
     """Recompute a streamed pair log into a temporary folder and aggregate it per step.
 
     The folder, in the system's temporary directory ($TMPDIR), holds the recomputed pair table
-    as parquet files, about the size of the log; it is removed with the RunData.
+    as parquet files, about the size of the log; it is removed with the RunData or at exit.
+    NOTE: a process killed before it exits (SIGKILL, or an allocation failure that aborts polars)
+    leaves the folder, named dpodiag-*, behind.
     """
     scratch = tempfile.TemporaryDirectory(prefix="dpodiag-")
     pairs = recompute_to_files(run, resolve_device(device), Path(scratch.name) / "pairs")
