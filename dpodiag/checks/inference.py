@@ -45,3 +45,23 @@ def loss_type_inferred(data: RunData) -> list[Finding]:
        fix="Declare logps_normalisation (sum or mean) in the parquet metadata or a sidecar.")
 def normalisation_inferred(data: RunData) -> list[Finding]:
     return _inferred(data, "logps_normalisation", "normalisation-inferred", "log-prob normalisation")
+
+
+@check("reference-free-objective", "info", ("pairs", "steps", "unpaired"),
+       meaning="The loss uses no reference model, so reference checks and the step-0 identity do "
+               "not apply.",
+       causes="A reference-free loss type (SimPO, CPO, ORPO) or a trainer dialect without a reference.",
+       fix="Nothing to fix; declare the loss type if it was not the one intended.")
+def reference_free_objective(data: RunData) -> list[Finding]:
+    spec, dialect = data.loss_spec, data.dialect
+    if spec is not None and not spec.needs_reference:
+        name = spec.name
+    elif dialect is not None and dialect.reference_free:
+        name = dialect.name
+    else:
+        return []
+    return [data.finding(
+        "reference-free-objective", f"{name} is reference-free",
+        f"The {name} objective has no reference model: rewards are beta times policy log-probs, "
+        "there is no step-0 identity, and the checks of the reference skip this run.",
+        evidence={"objective": name})]

@@ -180,6 +180,7 @@ CASES = {
     "too-little-data": (lambda: [pair_run(make_pairs(steps=3, pairs=4))], lambda: [pair_run(make_pairs())]),
     "beta-inferred": (lambda: [pair_run(make_pairs(), beta=None)], lambda: [pair_run(make_pairs())]),
     "loss-type-inferred": (lambda: [pair_run(make_pairs(), loss_type=None)], lambda: [pair_run(make_pairs())]),
+    "reference-free-objective": (lambda: [sample("simpo-reference-free")], lambda: [sample("healthy")]),
     "normalisation-inferred": (lambda: [pair_run(make_pairs())],
                                lambda: [pair_run(make_pairs(), logps_normalisation="sum")]),
 }
