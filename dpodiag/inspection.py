@@ -37,7 +37,7 @@ def describe_run(run: Run) -> dict[str, Any]:
 
 
 def describe_text(described: dict[str, Any]) -> str:
-    """The description as indented text lines."""
+    """Render the description as indented text lines."""
     lines = [f"{described['run']}",
              f"  source:   {described['source']}",
              f"  format:   {described['format']} ({described['level']} log)"]

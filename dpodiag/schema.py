@@ -78,7 +78,7 @@ STEP_METRICS = [
 
 SPLITS = ("train", "eval")
 
-# Where a metadata value came from, in increasing precedence; "inferred" and "default" fill gaps.
+# Sources of a metadata value, in increasing precedence. "inferred" and "default" fill gaps.
 META_SOURCES = ("default", "inferred", "trainer-config", "metadata", "sidecar", "flag")
 
 

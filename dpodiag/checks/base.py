@@ -36,12 +36,12 @@ class Finding:
 
 
 class Skip(Exception):
-    """Raised by a check that does not apply to a run; the message says why."""
+    """Raised by a check that does not apply to a run. The message gives the reason."""
 
 
 @dataclass
 class RunData:
-    """What a check sees of one run: the run, its recomputed pairs and its step table."""
+    """The data a check reads for one run: the run, its recomputed pairs and its step table."""
 
     run: Run
     steps: pl.DataFrame
@@ -205,6 +205,6 @@ def require_steps(data: RunData, split: str, columns: list[str], minimum: int) -
 
 
 def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The first and last END_WINDOW share of a step-sorted table (at least one row each)."""
+    """Return the first and last END_WINDOW share of a step-sorted table (at least one row each)."""
     size = max(1, int(round(frame.height * END_WINDOW)))
     return frame.head(size), frame.tail(size)

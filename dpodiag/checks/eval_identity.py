@@ -12,7 +12,7 @@ FROZEN_RELATIVE_TOLERANCE = 0.01
 
 
 def eval_identity(data: RunData) -> EvalIdentityFit:
-    """The fit of eval rewards against eval log-probs (cached); skips where it cannot hold."""
+    """Return the fit of eval rewards against eval log-probs (cached). Skip where it cannot hold."""
     if "eval_identity" not in data.cache:
         dialect = data.dialect
         if dialect is not None and not dialect.rewards_beta_scaled:

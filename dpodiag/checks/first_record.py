@@ -20,7 +20,7 @@ def records_before_update(data: RunData) -> list[pl.DataFrame]:
     record when it is logged at step 0 or 1 (the loss logged at step 1 comes from the forward
     pass before the first update) and covers that one step only."""
     if data.run.step_source == "counted":
-        return []  # counted records say nothing about which update a record follows
+        return []  # counted records do not tell which update a record follows
     records = []
     evals = data.split_steps("eval").filter(pl.col("step") == 0)
     if evals.height and "loss" in evals.columns and evals.get_column("loss").is_finite().any():
@@ -37,7 +37,7 @@ def records_before_update(data: RunData) -> list[pl.DataFrame]:
 
 
 def zero_margin_value(data: RunData) -> tuple[float, str, str] | None:
-    """The loss at zero margin for the run's loss type, the loss type and where it comes from."""
+    """Return the loss at zero margin for the run's loss type, the loss type and its source."""
     loss_type, source = data.loss_type_for_checks(allow_default=False)
     spec = LOSSES.get(loss_type or "")
     if spec is None or spec.zero_margin is None:

@@ -22,7 +22,7 @@ def parse_column_map(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def run_options(command):
-    """Add the options that say how to read runs, and pass them on as `load_options`."""
+    """Add the options that control how runs are read, and pass them on as `load_options`."""
 
     @click.option("--beta", type=float, help="Beta of the run(s); overrides every other source.")
     @click.option("--loss-type", help="Loss variant, e.g. sigmoid, cdpo, ipo, hinge, simpo.")

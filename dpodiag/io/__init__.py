@@ -114,7 +114,7 @@ def _load_folder(path: Path, **options) -> list[Run]:
         apply_metadata(run.meta, path, {}, options.get("flags"))
         runs.append(run)
     if not runs:
-        raise InputError(path, "the folder holds no supported log", "pass a folder with .parquet, "
+        raise InputError(path, "the folder contains no supported log", "pass a folder with .parquet, "
                          ".csv, .jsonl or trainer log files, or pass the files themselves")
     return runs
 

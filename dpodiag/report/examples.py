@@ -36,17 +36,17 @@ def loss_expression(columns: list[str]) -> pl.Expr:
 
 
 def at_last_step(value: pl.Expr) -> pl.Expr:
-    """The value at an example's last scored step (of a record repeated at that step, the first)."""
+    """Return the value at an example's last scored step (of a record repeated at that step, the first)."""
     return value.max_by("step")
 
 
 def at_first_step(value: pl.Expr) -> pl.Expr:
-    """The value at an example's first scored step (of a record repeated at that step, the first)."""
+    """Return the value at an example's first scored step (of a record repeated at that step, the first)."""
     return value.min_by("step")
 
 
 def rows_at(data: RunData, keys: pl.DataFrame) -> pl.DataFrame:
-    """The pair rows at the (split, example_id, step) of `keys`, one per key (the first row of a
+    """Return the pair rows at the (split, example_id, step) of `keys`, one per key (the first row of a
     repeated record), in the order of `keys`."""
     rows = (data.collect(data.scan_pairs().join(keys.lazy().select([*EXAMPLE_KEY, "step"]),
                                                 on=[*EXAMPLE_KEY, "step"], how="semi"))

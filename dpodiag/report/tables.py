@@ -154,7 +154,7 @@ REDUCTION_CLASS = {"window-mean": "all pairs",
 
 
 def reduction_class(data: RunData) -> str:
-    """What one logged value of the run averages: all of a step's pairs, one device, one micro-batch."""
+    """Return what one logged value of the run averages: all pairs, one device or one micro-batch."""
     if data.pairs is not None:
         return "all pairs"
     dialect = data.dialect
