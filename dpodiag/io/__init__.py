@@ -71,7 +71,7 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
     kind = "is a binary file in no supported format" if b"\0" in head else "is in no supported format"
     raise InputError(path, kind, "pass a pair log (.parquet, .csv, .jsonl, also gzip-compressed) "
                      "or a trainer step log (trainer_state.json, console output, "
-                     "trainer_log.jsonl, TensorBoard events, W&B CSV export)")
+                     "trainer_log.jsonl, TensorBoard events, a W&B run file or CSV export)")
 
 
 def _check_file(path: Path) -> bytes:

@@ -21,6 +21,8 @@ FORMAT_TEXT = {
     "llamafactory-jsonl": "LLaMA-Factory `trainer_log.jsonl`",
     "jsonl": "one JSON object per line with per-step metrics (torchtune DiskLogger jsonl, ...)",
     "tensorboard": "TensorBoard event files (`events.out.tfevents.*`; needs the `tensorboard` extra)",
+    "wandb-binary": "W&B binary run files (`run-<id>.wandb`: history rows and run config; needs "
+                    "the `wandb` extra)",
     "wandb-history-csv": "W&B history CSV exports (`train/loss`, `_step`, ...)",
     "metrics-csv": "per-evaluation CSVs of hand-written trainers (map columns with `--column`)",
 }

@@ -18,6 +18,7 @@ CASES = {
     "trl-dpo-llama2-nan-collapse.stdout.log": ({"non-finite-values"}, set()),
     # grad_norm 0 at every step: nothing trains, and the reference is not at fault.
     "translation-dpo-gams9b-nograd-stuck.wandb_output.log": ({"no-learning-signal"}, {"reference-tracks-policy"}),
+    "translation-dpo-gams9b-nograd-stuck.run.wandb": ({"no-learning-signal"}, {"reference-tracks-policy"}),
     # Over-optimisation: eval loss bottoms out at epoch 1, margins explode, chosen reward falls.
     "translation-dpo-gams9b-lr4e-6-overopt.wandb_output.log": (
         {"overfitting", "margin-saturation", "likelihood-displacement"}, set()),
@@ -55,6 +56,8 @@ CASES = {
 def test_real_log_findings(name):
     if name.endswith(".tfevents"):
         pytest.importorskip("tensorboard")
+    if name.endswith(".wandb"):
+        pytest.importorskip("wandb")
     must, must_not = CASES[name]
     diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / name), device="cpu")
     found = codes(diagnosis.findings)

@@ -37,13 +37,42 @@ def test_nograd_output_log_stuck_at_init():
     assert train.item(-1, "learning_rate") > 0
 
 
-def test_nograd_wandb_binary_is_rejected():
+def test_nograd_wandb_binary_history():
+    pytest.importorskip("wandb")
     path = FIXTURES / "translation-dpo-gams9b-nograd-stuck.run.wandb"
     assert sniff_step_log(path) == "wandb-binary"
-    with pytest.raises(InputError, match=r"run\.wandb: is a W&B binary run file \(\.wandb\), "
-                                         r"which dpodiag does not decode; pass .*nograd-stuck"
-                                         r"\.wandb_output\.log or a W&B history CSV export"):
-        read_step_log(path)
+    run = read_step_log(path)
+    train = split(run, "train")
+    assert run.format == "wandb-binary"
+    assert run.dialect == "trl"
+    assert run.splits == ["train"]
+    # wandb had flushed 393 of the 400 rows that the console log shows.
+    assert train.height == 393
+    assert train.get_column("step").to_list() == list(range(1, 394))
+    assert (train.get_column("grad_norm") == 0.0).all()
+    assert (train.get_column("loss") == 0.6914).all()
+    assert (train.get_column("rewards_margins") == 0.0).all()
+    assert train.item(0, "logps_chosen") == -4416.0
+
+
+def test_nograd_wandb_binary_config_metadata():
+    pytest.importorskip("wandb")
+    run = read("translation-dpo-gams9b-nograd-stuck.run.wandb")
+    assert (run.meta.beta, run.meta.loss_type) == (0.2, "sigmoid")
+    assert run.meta.source_of("beta") == "trainer-config"
+    assert run.meta.policy_model == "cjvt/GaMS-9B-Instruct"
+    assert any("cut off where the file ends" in note for note in run.notes)
+
+
+def test_nograd_binary_matches_console_log():
+    pytest.importorskip("wandb")
+    binary = split(read("translation-dpo-gams9b-nograd-stuck.run.wandb"), "train")
+    console = split(read("translation-dpo-gams9b-nograd-stuck.wandb_output.log"), "train")
+    columns = ["loss", "logps_chosen", "logps_rejected", "learning_rate"]
+    head = console.head(binary.height)
+    for column in columns:
+        assert binary.get_column(column).to_list() == pytest.approx(
+            head.get_column(column).to_list(), rel=1e-3), column
 
 
 def test_overopt_output_log_with_config():

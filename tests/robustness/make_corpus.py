@@ -459,7 +459,7 @@ TFEVENTS = (Path(__file__).resolve().parent.parent / "fixtures" / "real_logs"
 EMPTY_FIX = "pass the log once the trainer has written records to it"
 NO_FORMAT_FIX = ("pass a pair log (.parquet, .csv, .jsonl, also gzip-compressed) or a trainer step "
                  "log (trainer_state.json, console output, trainer_log.jsonl, TensorBoard events, "
-                 "W&B CSV export)")
+                 "a W&B run file or CSV export)")
 CUT_LINE = ("the last line is cut off where the file ends (the log was still being written, or "
             "its writer stopped); it was skipped")
 PAIRS_READ = "pairs [pairs, 48 rows, steps 0-5"

@@ -18,6 +18,7 @@ from dpodiag.dialects import get_dialect
 from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.steplogs import (
     console, csvlogs, jsonl, jsonlogs, linelogs, rejected, sidecars, tensorboard,
+    wandb_binary,
 )
 from dpodiag.io.source import logical_suffix, read_head
 from dpodiag.io.steplogs.table import RawLog, build_run
@@ -28,8 +29,8 @@ __all__ = ["FORMATS", "REJECTED_FORMATS", "read_step_log", "sniff_step_log"]
 HEAD_BYTES = 1 << 20
 # Sniffers in order: binary and structured formats first, free text last.
 SNIFFERS: list[Callable[[Path, bytes], str | None]] = [
-    rejected.sniff, tensorboard.sniff, jsonlogs.sniff, jsonl.sniff, csvlogs.sniff,
-    linelogs.sniff, console.sniff,
+    rejected.sniff, wandb_binary.sniff, tensorboard.sniff, jsonlogs.sniff, jsonl.sniff,
+    csvlogs.sniff, linelogs.sniff, console.sniff,
 ]
 READERS: dict[str, Callable[..., RawLog]] = {
     **{fmt: jsonlogs.read for fmt in ("trainer-state", "log-history-array",
@@ -39,6 +40,7 @@ READERS: dict[str, Callable[..., RawLog]] = {
     **{fmt: linelogs.read for fmt in ("mlx-lm-console", "torchtune-txt", "nemo-rl-console")},
     "llamafactory-jsonl": jsonl.read, "jsonl": jsonl.read,
     "tensorboard": tensorboard.read,
+    "wandb-binary": wandb_binary.read,
     "wandb-history-csv": csvlogs.read, "metrics-csv": csvlogs.read,
     **{fmt: rejected.read for fmt in rejected.FORMATS},
 }
@@ -50,8 +52,9 @@ FALLBACK_BY_SUFFIX = {".log": "console", ".out": "console", ".txt": "console", "
                       ".csv": "metrics-csv", ".yaml": "trainer-config", ".yml": "trainer-config"}
 # When a folder is given, the log read is the first format found in this order.
 FOLDER_PREFERENCE = ("trainer-state", "log-history-wrapper", "log-history-array",
-                     "llamafactory-jsonl", "tensorboard", "console", "wandb-history-csv",
-                     "metrics-csv", "torchtune-txt", "mlx-lm-console", "nemo-rl-console", "jsonl",
+                     "llamafactory-jsonl", "tensorboard", "console", "wandb-binary",
+                     "wandb-history-csv", "metrics-csv", "torchtune-txt", "mlx-lm-console",
+                     "nemo-rl-console", "jsonl",
                      "wandb-summary", "hf-results", "tag-summary")
 
 
@@ -125,7 +128,8 @@ def _resolve(path: Path) -> tuple[Path, str, list[str]]:
     if fmt is None:
         raise InputError(path, "not a supported step log format",
                          "pass trainer_state.json, a log_history JSON, console output, "
-                         "trainer_log.jsonl, a TensorBoard event file or a W&B CSV export")
+                         "trainer_log.jsonl, a TensorBoard event file, a W&B run file or a W&B "
+                         "CSV export")
     return path, fmt, notes
 
 

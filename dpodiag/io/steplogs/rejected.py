@@ -1,9 +1,6 @@
 """Files that sit beside step logs but are not logs: they are recognised and rejected with a
 message that names what they are and what to pass instead.
 
-- a W&B binary run file (`run-<id>.wandb`, starting with the `:W&B` magic). wandb 0.31 ships no
-  offline Python reader for it, because its Go service decodes it during `wandb sync`. So it is
-  not decoded here. `files/output.log` and a history CSV export contain the same history.
 - a W&B `config.yaml` (run settings in wandb's `key: {value: ...}` layout) and a trainer's
   `training_args.yaml`: run metadata, read automatically when the log beside them is read.
 - `training_args.bin`: a pickle, which dpodiag never loads.
@@ -18,13 +15,11 @@ import yaml
 from dpodiag.errors import InputError
 from dpodiag.io.steplogs.sidecars import glob_escape, is_wandb_config, run_prefix
 
-FORMATS = ("wandb-binary", "wandb-config", "trainer-config", "pickle")
+FORMATS = ("wandb-config", "trainer-config", "pickle")
 
 
 def sniff(path: Path, head: bytes) -> str | None:
     """Return the kind of a recognised non-log file, or None."""
-    if head.startswith(b":W&B"):
-        return "wandb-binary"
     if path.name.endswith(".bin") and "training_args" in path.name:
         return "pickle"
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -42,10 +37,6 @@ def sniff(path: Path, head: bytes) -> str | None:
 def read(path: Path, fmt: str) -> None:
     """Raise an InputError that names what the file is and which file to pass instead."""
     log = _log_beside(path)
-    if fmt == "wandb-binary":
-        raise InputError(path, "is a W&B binary run file (.wandb), which dpodiag does not decode",
-                         f"pass {log or 'the run folder files/output.log'} or a W&B history "
-                         "CSV export instead")
     if fmt == "wandb-config":
         raise InputError(path, "is a W&B run config (config.yaml), not a training log",
                          f"pass the log beside it ({log or 'files/output.log, wandb-summary.json'}"
