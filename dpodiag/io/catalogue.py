@@ -23,6 +23,8 @@ FORMAT_TEXT = {
     "tensorboard": "TensorBoard event files (`events.out.tfevents.*`; needs the `tensorboard` extra)",
     "wandb-binary": "W&B binary run files (`run-<id>.wandb`: history rows and run config; needs "
                     "the `wandb` extra)",
+    "notebook": "Jupyter notebooks (`.ipynb`): printed log dicts in the saved cell outputs, or "
+                "the HTML progress table of transformers' NotebookProgressCallback",
     "wandb-history-csv": "W&B history CSV exports (`train/loss`, `_step`, ...)",
     "metrics-csv": "per-evaluation CSVs of hand-written trainers (map columns with `--column`)",
 }

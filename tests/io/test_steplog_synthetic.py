@@ -218,6 +218,22 @@ def test_console_tensor_and_numpy_reprs(tmp_path):
     assert run.table.item(0, "rewards_margins") == -math.inf
 
 
+def test_console_values_printed_as_strings(tmp_path):
+    # transformers 5 formats each float with "{:.4g}" before printing the log dict.
+    path = tmp_path / "slurm-123.out"
+    path.write_text("\r 10%|#         | 1/10 [00:01<00:09]{'loss': '0.6931', 'grad_norm': '1.5', "
+                    "'learning_rate': '1e-06', 'rewards/chosen': '-0.006787', "
+                    "'rewards/margins': 'nan', 'epoch': '0.1'}\n"
+                    "{'loss': '0.65', 'rewards/chosen': '0.0123', 'rewards/margins': '0.25', "
+                    "'epoch': '0.2'}\n")
+    assert sniff_step_log(path) == "console"
+    run = read_step_log(path)
+    assert run.table.get_column("loss").to_list() == [0.6931, 0.65]
+    assert run.table.item(0, "learning_rate") == 1e-06
+    assert run.table.item(0, "rewards_chosen") == -0.006787
+    assert math.isnan(run.table.item(0, "rewards_margins"))
+
+
 def test_eval_before_first_train_record(tmp_path):
     path = tmp_path / "run.log"
     path.write_text("{'eval_loss': 0.6931, 'eval_rewards/accuracies': 0.0, 'epoch': 0}\n"

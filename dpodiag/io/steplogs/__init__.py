@@ -17,8 +17,8 @@ import polars as pl
 from dpodiag.dialects import get_dialect
 from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.steplogs import (
-    console, csvlogs, jsonl, jsonlogs, linelogs, rejected, sidecars, tensorboard,
-    wandb_binary,
+    console, csvlogs, jsonl, jsonlogs, linelogs, notebook, rejected, sidecars,
+    tensorboard, wandb_binary,
 )
 from dpodiag.io.source import logical_suffix, read_head
 from dpodiag.io.steplogs.table import RawLog, build_run
@@ -29,7 +29,7 @@ __all__ = ["FORMATS", "REJECTED_FORMATS", "read_step_log", "sniff_step_log"]
 HEAD_BYTES = 1 << 20
 # Sniffers in order: binary and structured formats first, free text last.
 SNIFFERS: list[Callable[[Path, bytes], str | None]] = [
-    rejected.sniff, wandb_binary.sniff, tensorboard.sniff, jsonlogs.sniff, jsonl.sniff,
+    rejected.sniff, wandb_binary.sniff, tensorboard.sniff, notebook.sniff, jsonlogs.sniff, jsonl.sniff,
     csvlogs.sniff, linelogs.sniff, console.sniff,
 ]
 READERS: dict[str, Callable[..., RawLog]] = {
@@ -41,6 +41,7 @@ READERS: dict[str, Callable[..., RawLog]] = {
     "llamafactory-jsonl": jsonl.read, "jsonl": jsonl.read,
     "tensorboard": tensorboard.read,
     "wandb-binary": wandb_binary.read,
+    "notebook": notebook.read,
     "wandb-history-csv": csvlogs.read, "metrics-csv": csvlogs.read,
     **{fmt: rejected.read for fmt in rejected.FORMATS},
 }
@@ -49,12 +50,12 @@ REJECTED_FORMATS = (*rejected.FORMATS, "json-summary")
 # Formats to fall back on, by file extension, when sniffing finds nothing.
 FALLBACK_BY_SUFFIX = {".log": "console", ".out": "console", ".txt": "console", ".md": "console",
                       ".err": "console", ".json": "json-summary", ".jsonl": "jsonl",
-                      ".csv": "metrics-csv", ".yaml": "trainer-config", ".yml": "trainer-config"}
+                      ".csv": "metrics-csv", ".ipynb": "notebook", ".yaml": "trainer-config", ".yml": "trainer-config"}
 # When a folder is given, the log read is the first format found in this order.
 FOLDER_PREFERENCE = ("trainer-state", "log-history-wrapper", "log-history-array",
                      "llamafactory-jsonl", "tensorboard", "console", "wandb-binary",
                      "wandb-history-csv", "metrics-csv", "torchtune-txt", "mlx-lm-console",
-                     "nemo-rl-console", "jsonl",
+                     "nemo-rl-console", "jsonl", "notebook",
                      "wandb-summary", "hf-results", "tag-summary")
 
 

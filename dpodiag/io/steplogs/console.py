@@ -26,7 +26,10 @@ from dpodiag.io.steplogs.table import RawLog, numeric_items
 _DICT_START = re.compile(r"\{\s*['\"]")
 _METRIC_DICT = re.compile(r"\{\s*'(?:loss|eval_[\w/]+|train_runtime|learning_rate|grad_norm|"
                           r"rewards/\w+|logps/\w+|epoch)'\s*:")
-_ANY_DICT = re.compile(r"\{\s*'[\w/.-]+'\s*:\s*-?(?:\d|nan|inf|tensor|np\.)")
+# transformers 5 prints every float as a string formatted with "{:.4g}", as in {'loss': '0.6931'}.
+_ANY_DICT = re.compile(r"\{\s*'[\w/.-]+'\s*:\s*'?-?(?:\d|nan|inf|tensor|np\.)")
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)",
+                          re.IGNORECASE)
 _NON_FINITE = re.compile(r"(?<=[:,\[])(\s*)(-?)(nan|inf|NaN|Infinity)(?=\s*[,}\]])")
 _WRAPPERS = re.compile(r"\b(?:tensor|np\.float\d*|np\.int\d*|numpy\.float\d*)\(\s*"
                        r"([^(),]+?)\s*(?:,[^()]*)?\)")
@@ -121,7 +124,7 @@ def parse_dict(candidate: str) -> dict[str, Any] | None:
         joined = _WRAPPERS.sub(r"\1", joined)
     fast = _parse_as_json(joined)
     if fast is not None:
-        return fast
+        return _numbers_from_text(fast)
     joined = _NON_FINITE.sub(_sentinel, joined)
     try:
         value = ast.literal_eval(joined)
@@ -129,8 +132,14 @@ def parse_dict(candidate: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         return None
-    return {key: _SENTINELS.get(item, item) if isinstance(item, str) else item
-            for key, item in value.items()}
+    return _numbers_from_text({key: _SENTINELS.get(item, item) if isinstance(item, str) else item
+                               for key, item in value.items()})
+
+
+def _numbers_from_text(parsed: dict[str, Any]) -> dict[str, Any]:
+    # Values printed as formatted strings ('0.6931', 'nan') become floats; other text stays.
+    return {key: float(item) if isinstance(item, str) and _NUMBER_TEXT.fullmatch(item) else item
+            for key, item in parsed.items()}
 
 
 def _parse_as_json(text: str) -> dict[str, Any] | None:
