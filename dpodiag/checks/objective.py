@@ -12,6 +12,7 @@ from dpodiag.checks.base import (
     require_steps,
 )
 from dpodiag.checks.eval_identity import beta_from_eval_identity
+from dpodiag.checks.epoch_dips import dips_at_epoch_ends
 from dpodiag.checks.first_record import loss_type_at_first_record, scale_at_first_record
 from dpodiag.checks.loss_fits import (
     declared_fails,
@@ -110,11 +111,20 @@ def beta_mismatch(data: RunData) -> list[Finding]:
 @check("loss-scale-mismatch", "error", ("pairs", "steps"),
        meaning="The logged loss is a constant multiple k != 1 of the recomputed loss.",
        causes="The loss divided (or multiplied) by the gradient-accumulation steps before "
-              "logging, or a sum logged where a mean was meant.",
+              "logging, or a sum logged where a mean was meant. In step logs, a loss that dips "
+              "at every epoch end comes from a short last accumulation window divided by the "
+              "full count.",
        fix="Log the loss before scaling it for gradient accumulation, or fix the reduction.")
 def loss_scale_mismatch(data: RunData) -> list[Finding]:
     if data.pairs is None:
-        return scale_at_first_record(data)
+        # The epoch-end form needs no declared loss type; the first-record form skips without one.
+        dips = dips_at_epoch_ends(data)
+        try:
+            return scale_at_first_record(data) + dips
+        except Skip:
+            if dips:
+                return dips
+            raise
     hits = {}
     for split, ident in identifications(data).items():
         fit = ident.scale_fit
