@@ -75,6 +75,16 @@ def test_nograd_binary_matches_console_log():
             head.get_column(column).to_list(), rel=1e-3), column
 
 
+def test_overopt_steps_from_logging_steps():
+    # logging_steps=10 and eval_steps=504 in config.yaml; 0.222 steps/s over 20512.6 s is about
+    # 4554 optimizer steps, and epoch 1.0 falls on the evaluation at step 1512.
+    run = read("translation-dpo-gams9b-lr4e-6-overopt.wandb_output.log")
+    train, evals = split(run, "train"), split(run, "eval")
+    assert train.get_column("step").to_list() == list(range(10, 4541, 10))
+    assert evals.get_column("step").to_list() == list(range(504, 4537, 504))
+    assert evals.filter(pl.col("step") == 1512).item(0, "epoch") == 1.0
+
+
 def test_overopt_output_log_with_config():
     run = read("translation-dpo-gams9b-lr4e-6-overopt.wandb_output.log")
     train, evals = split(run, "train"), split(run, "eval")

@@ -234,6 +234,30 @@ def test_console_values_printed_as_strings(tmp_path):
     assert math.isnan(run.table.item(0, "rewards_margins"))
 
 
+def test_steps_from_logging_steps(tmp_path):
+    folder = tmp_path / "run-1"
+    (folder / "files").mkdir(parents=True)
+    (folder / "files" / "config.yaml").write_text(
+        "_wandb:\n    value: {}\nbeta:\n    value: 0.1\nlogging_steps:\n    value: 5\n")
+    lines = [TRAIN_DICT.format(loss=0.69 - 0.01 * k, epoch=round(0.05 * k, 2)) for k in range(1, 9)]
+    (folder / "files" / "output.log").write_text("\n".join(lines) + "\n")
+    run = read_step_log(folder)
+    assert run.table.get_column("step").to_list() == [5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def test_steps_counted_when_epochs_are_uneven(tmp_path):
+    # A log that starts mid-run: its epochs do not grow from 0, so records are only counted.
+    folder = tmp_path / "run-2"
+    (folder / "files").mkdir(parents=True)
+    (folder / "files" / "config.yaml").write_text(
+        "_wandb:\n    value: {}\nbeta:\n    value: 0.1\nlogging_steps:\n    value: 5\n")
+    lines = [TRAIN_DICT.format(loss=0.6, epoch=round(0.5 + 0.05 * k, 2)) for k in range(1, 9)]
+    (folder / "files" / "output.log").write_text("\n".join(lines) + "\n")
+    run = read_step_log(folder)
+    assert run.table.get_column("step").to_list() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert any("step k is the k-th train record" in note for note in run.notes)
+
+
 def test_eval_before_first_train_record(tmp_path):
     path = tmp_path / "run.log"
     path.write_text("{'eval_loss': 0.6931, 'eval_rewards/accuracies': 0.0, 'epoch': 0}\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from dpodiag.dialects import (
@@ -106,7 +107,7 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     if skipped:
         notes.append(f"{skipped} record{'s' if skipped > 1 else ''} without metric values "
                      "skipped")
-    table = _assign_steps(table, plan, notes, chosen, path)
+    table = _assign_steps(table, plan, notes, chosen, path, raw.meta.get("trainer_config", {}))
 
     name = run_name or default_run_name(path)
     table = _finish(table, name)
@@ -221,7 +222,7 @@ def _any_present(keys: list[str]) -> pl.Expr:
 
 
 def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
-                  dialect: Dialect, path: Path) -> pl.DataFrame:
+                  dialect: Dialect, path: Path, config: dict[str, Any]) -> pl.DataFrame:
     # Use the logged step where there is one; count train records where there is none.
     step_columns = [f"__step{i}" for i in range(len(plan.step_keys))]
     if step_columns:
@@ -248,12 +249,59 @@ def _assign_steps(table: pl.DataFrame, plan: _Plan, notes: list[str],
     is_train = pl.col("split") == "train"
     if table.filter(is_train).height:
         counted = is_train.cast(pl.Int64).cum_sum()
+        every = _uniform_logging_steps(table.filter(is_train), config.get("logging_steps"))
+        if every:
+            notes.append(f"the log has no step key: the k-th train record is at step "
+                         f"{every} x k (logging_steps={every}, and its epochs grow evenly)")
+            return _eval_steps(table.with_columns((counted * every).alias("step")), every,
+                               config, notes)
         notes.append("the log has no step key: step k is the k-th train record, and an eval "
                      "record takes the step of the train record before it (0 before the first)")
     else:
         counted = pl.int_range(1, pl.len() + 1, dtype=pl.Int64)
         notes.append("the log has no step key: step k is the k-th record")
     return table.with_columns(counted.alias("step"))
+
+
+def _eval_steps(table: pl.DataFrame, logging_steps: int, config: dict[str, Any],
+                notes: list[str]) -> pl.DataFrame:
+    # An evaluation at step s = j * eval_steps follows the train record at the last multiple of
+    # logging_steps up to s. When eval_steps >= logging_steps, s is the first multiple of
+    # eval_steps at or after that record's step.
+    every = config.get("eval_steps")
+    if (config.get("eval_strategy") != "steps" or isinstance(every, bool)
+            or not isinstance(every, (int, float)) or every != int(every)
+            or not logging_steps <= every):
+        notes.append("an eval record takes the step of the train record before it")
+        return table
+    every = int(every)
+    notes.append(f"an eval record is at the next multiple of eval_steps={every}")
+    is_eval = (pl.col("split") == "eval") & (pl.col("step") > 0)
+    at_eval = ((pl.col("step") + every - 1) // every) * every
+    return table.with_columns(pl.when(is_eval).then(at_eval).otherwise(pl.col("step")).alias("step"))
+
+
+def _uniform_logging_steps(train: pl.DataFrame, logging_steps: Any) -> int | None:
+    """Return logging_steps when the train records sit every logging_steps optimizer steps.
+
+    HF's Trainer logs at every multiple of logging_steps, and its epoch is step / steps per
+    epoch. So the k-th record's epoch is a * k with no offset, unless records are missing, the
+    log starts mid-run or logging_first_step adds a record at step 1. The fit allows for epochs
+    rounded to 2 decimals, as transformers before 4.36 printed them.
+    """
+    if isinstance(logging_steps, bool) or not isinstance(logging_steps, (int, float)):
+        return None
+    if logging_steps <= 1 or logging_steps != int(logging_steps) or "epoch" not in train.columns:
+        return None
+    epoch = train.get_column("epoch").to_numpy().astype(float)
+    if len(epoch) < 3 or not np.isfinite(epoch).all():
+        return None
+    k = np.arange(1, len(epoch) + 1, dtype=float)
+    slope = float(np.dot(k, epoch) / np.dot(k, k))  # least squares through the origin
+    if slope <= 0:
+        return None
+    residual = np.abs(epoch - slope * k).max()
+    return int(logging_steps) if residual <= 0.006 + 0.05 * slope else None
 
 
 def _finish(table: pl.DataFrame, name: str) -> pl.DataFrame:
