@@ -37,6 +37,11 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
     head = _check_file(path)
     runs = _load_file(path, head, column_map=column_map, flags=flags, dialect=dialect,
                       run_name=run_name, streaming=streaming)
+    if dialect is not None:
+        for run in runs:
+            if run.level != "steps":
+                run.notes.append(f"--dialect {dialect} was not applied: it names how a trainer's "
+                                 "step log is written, and this is a pair log")
     if gzip_is_cut(path):
         for run in runs:
             run.notes.append("the gzip stream ends before its end marker (the log was still "

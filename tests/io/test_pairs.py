@@ -7,7 +7,7 @@ import pytest
 
 from dpodiag.errors import InputError, UsageError
 from dpodiag.io import load_runs
-from synthetic import make_pairs, write_parquet
+from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
 
 
 @pytest.fixture
@@ -139,3 +139,9 @@ def test_formats_doc_is_current():
     page = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
     assert page.read_text() == formats_markdown(), (
         "docs/formats.md is stale: run python -m dpodiag.io.catalogue > docs/formats.md")
+
+
+def test_dialect_on_pair_log_is_noted():
+    (run,) = load_runs(SAMPLE_LOGS / "healthy.parquet", dialect="trl")
+    assert run.level == "pairs"
+    assert any("--dialect trl was not applied" in note for note in run.notes)
