@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -26,9 +27,10 @@ def default_output(run_name: str) -> Path:
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="HTML file to write [default: reports/<first run name>.html, with characters "
-                   "other than letters, digits, '.', '_' and '-' replaced by '_'].")
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="HTML file to write, or a folder (an existing one, or a path ending in '/') "
+                   "to write <first run name>.html into [default: reports/<first run name>.html, "
+                   "with characters other than letters, digits, '.', '_' and '-' replaced by '_'].")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--title", help="Page title [default: the run names].")
 @run_options
@@ -38,13 +40,17 @@ def report_command(runs, output, force, title, load_options, device):
     from dpodiag.pipeline import diagnose, load
     from dpodiag.report import write_report
 
+    folder = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     # An existing output is reported before the runs are read, not after minutes of work.
-    if output is not None:
+    if output is not None and not folder:
         check_not_input(output, list(runs))
         check_output(output, force=force)
     diagnosis = diagnose(load(list(runs), **load_options), device=device)
     if output is None:
         output = default_output(diagnosis.runs[0].name)
+    elif folder:
+        output = Path(output) / default_output(diagnosis.runs[0].name).name
+        check_not_input(output, list(runs))
     written = write_report(diagnosis, output, force=force, title=title)
     counts = {s: sum(1 for f in diagnosis.findings if f.severity == s) for s in ("error", "warning")}
     click.echo(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB): {len(diagnosis.runs)} run(s), "
