@@ -226,6 +226,9 @@ class EvalIdentityFit:
     """Largest deviation of the implied reference log-prob, logps - rewards/beta, from its fit (nats)."""
     scale: float
     """Mean |reference log-prob|, the size against which the drift is judged."""
+    beta_stderr: float = 0.0
+    """Standard error of beta from the fit's residuals (0 with no residual degrees of freedom).
+    It is large when the eval log-probs barely move against their printed precision."""
 
 
 def fit_eval_identity(logps_chosen: np.ndarray, rewards_chosen: np.ndarray,
@@ -249,4 +252,16 @@ def fit_eval_identity(logps_chosen: np.ndarray, rewards_chosen: np.ndarray,
     drift = float(max(np.ptp(implied_chosen), np.ptp(implied_rejected)))
     scale = float(np.mean(np.abs(np.concatenate([implied_chosen, implied_rejected]))))
     return EvalIdentityFit(float(beta), float(-offset_chosen / beta), float(-offset_rejected / beta),
-                           drift, scale)
+                           drift, scale, _slope_stderr(design, target, (beta, offset_chosen,
+                                                                        offset_rejected)))
+
+
+def _slope_stderr(design: np.ndarray, target: np.ndarray, coefficients: tuple) -> float:
+    # OLS: var(beta) = s^2 [(X^T X)^-1]_00, with s^2 = RSS / (rows - columns).
+    freedom = design.shape[0] - design.shape[1]
+    gram = design.T @ design
+    if freedom <= 0 or np.linalg.matrix_rank(gram) < design.shape[1]:
+        return 0.0
+    residual = target - design @ np.asarray(coefficients)
+    variance = float(residual @ residual) / freedom * float(np.linalg.inv(gram)[0, 0])
+    return float(np.sqrt(max(variance, 0.0)))

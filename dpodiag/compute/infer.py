@@ -129,6 +129,10 @@ def apply_defaults(run: Run) -> None:
         meta.inference["beta"] = {"method": "not declared and not identifiable; TRL's default"}
 
 
+# Largest standard error of an inferred beta, relative to beta.
+MAX_BETA_RELATIVE_ERROR = 0.02
+
+
 def infer_step_meta(run: Run) -> None:
     """Fill beta of a step log from the eval identity, in place, when no source declares it."""
     from dpodiag.compute.identify import fit_eval_identity
@@ -150,6 +154,11 @@ def infer_step_meta(run: Run) -> None:
     fit = fit_eval_identity(*(rows.get_column(c).to_numpy() for c in columns))
     if fit is None or fit.drift > max(1e-3, 0.01 * fit.scale):
         return
+    # Log-probs printed to 4 significant digits that move little between evaluations give a
+    # slope that is off by several percent; such a beta is not reported as identified.
+    if fit.beta_stderr > MAX_BETA_RELATIVE_ERROR * fit.beta:
+        return
     run.meta.update({"beta": round(fit.beta, 6)}, "inferred")
     run.meta.inference["beta"] = {"method": "slope of eval rewards against eval log-probs",
-                                  "evaluations": rows.height, "drift": fit.drift}
+                                  "evaluations": rows.height, "drift": fit.drift,
+                                  "standard_error": fit.beta_stderr}

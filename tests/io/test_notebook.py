@@ -69,6 +69,15 @@ def test_printed_dicts_match_trainer():
             [entry[key] for entry in logged], rel=5e-4, abs=1e-12), column
 
 
+def test_beta_inferred_only_from_precise_evals():
+    # The table prints eval means with 6 decimals, the printed dicts with 4 significant digits.
+    (table,) = dpodiag.load(TABLE)
+    (printed,) = dpodiag.load(PRINTED)
+    assert table.meta.beta == pytest.approx(0.1, rel=1e-3)
+    assert table.meta.source_of("beta") == "inferred"
+    assert printed.meta.beta is None
+
+
 @pytest.mark.parametrize("notebook", [TABLE, PRINTED])
 def test_tiny_healthy_run_has_no_error(notebook):
     diagnosis = dpodiag.diagnose(dpodiag.load(notebook), device="cpu")
