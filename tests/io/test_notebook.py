@@ -71,8 +71,8 @@ def test_printed_dicts_match_trainer():
 
 def test_beta_inferred_only_from_precise_evals():
     # The table prints eval means with 6 decimals, the printed dicts with 4 significant digits.
-    (table,) = dpodiag.diagnose(dpodiag.load(TABLE), device="cpu").runs
-    (printed,) = dpodiag.diagnose(dpodiag.load(PRINTED), device="cpu").runs
+    table = dpodiag.diagnose(dpodiag.load(TABLE), device="cpu").runs[0].run
+    printed = dpodiag.diagnose(dpodiag.load(PRINTED), device="cpu").runs[0].run
     assert table.meta.beta == pytest.approx(0.1, rel=1e-3)
     assert table.meta.source_of("beta") == "inferred"
     assert printed.meta.beta is None
