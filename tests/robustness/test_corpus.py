@@ -115,8 +115,11 @@ def test_corpus_case(case, outcomes):
     assert re.search(expected, flatten(outcome.stdout)), outcome.stdout
     added = set(outcome.after) - set(outcome.before)
     changed = {name for name in outcome.before if outcome.after.get(name) != outcome.before[name]}
-    written = {case.args[case.args.index("-o") + 1]} if "-o" in case.args else set()
-    assert added | changed == (written or ({case.output} if case.output else set()))
+    if case.output:
+        written = {case.output}
+    else:
+        written = {case.args[case.args.index("-o") + 1]} if "-o" in case.args else set()
+    assert added | changed == written
 
 
 def test_cut_log_noted_in_report(tmp_path):
