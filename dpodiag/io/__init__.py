@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
-from dpodiag.errors import InputError, NoDataError
+from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
 from dpodiag.io.pairs import looks_like_pair_log, pair_format, read_pair_log
 from dpodiag.io.unpaired import looks_like_unpaired_log, read_unpaired_log
 from dpodiag.io.source import gzip_is_cut, logical_suffix, read_head, reject_other_separator, reject_utf16
 from dpodiag.schema import Run
 
+# Files that wandb writes about itself beside its run folders.
+WANDB_INTERNAL_LOGS = frozenset({"debug.log", "debug-internal.log", "debug-core.log"})
 # Bytes read from the start of a file to check that it is readable, not empty and not UTF-16.
 HEAD_BYTES = 4096
 
@@ -101,26 +104,64 @@ def _load_folder(path: Path, **options) -> list[Run]:
     runs: list[Run] = []
     step_reader = _step_reader()
     shards = _pair_shards(path, options.get("column_map"))
+    if step_reader is not None and not shards and _is_run_folder(path):
+        return [_read_run_folder(path, step_reader, options)]
     if shards:
         runs.extend(_load_shards(path, shards, **options))
     read_as_shards = set(shards)
     for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
         if child.name.endswith(".dpodiag.json") or child in read_as_shards:
             continue
+        if child.name in WANDB_INTERNAL_LOGS:
+            continue  # wandb's own debug output, not the training log
         step_format = step_reader.sniff_step_log(child) if step_reader is not None else None
         if step_format in getattr(step_reader, "REJECTED_FORMATS", ()):
             continue  # configs, summaries and binaries beside the logs
         if step_format or looks_like_pair_log(child, options.get("column_map")):
             runs.extend(load_runs(child, **options))
     if not runs and step_reader is not None:
-        run = step_reader.read_step_log(path, dialect=options.get("dialect"),
-                                        column_map=options.get("column_map"))
-        from dpodiag.io.metadata import apply_metadata
-        apply_metadata(run.meta, path, {}, options.get("flags"))
-        runs.append(run)
+        runs = _read_run_subfolders(path, step_reader, options)
+    if not runs and step_reader is not None:
+        runs.append(_read_run_folder(path, step_reader, options))
     if not runs:
         raise InputError(path, "the folder contains no supported log", "pass a folder with .parquet, "
                          ".csv, .jsonl or trainer log files, or pass the files themselves")
+    return runs
+
+
+def _is_run_folder(path: Path) -> bool:
+    """Tell whether `path` is one trainer run: an output_dir with checkpoint-N/ folders, or a
+    W&B run folder (files/ or run-<id>.wandb)."""
+    return ((path / "files").is_dir() or any(path.glob("run-*.wandb"))
+            or any(p.is_dir() for p in path.glob("checkpoint-*")))
+
+
+def _read_run_folder(path: Path, step_reader: Any, options: dict) -> Run:
+    # The step reader picks the best log of the folder and notes which one it read.
+    run = step_reader.read_step_log(path, dialect=options.get("dialect"),
+                                    column_map=options.get("column_map"))
+    from dpodiag.io.metadata import apply_metadata
+    apply_metadata(run.meta, path, {}, options.get("flags"))
+    return run
+
+
+def _read_run_subfolders(path: Path, step_reader: Any, options: dict) -> list[Run]:
+    """Read each run folder directly inside `path` (a W&B `wandb/` folder, a sweep's outputs).
+
+    Symbolic links are skipped, because W&B's latest-run link repeats a run. A run folder with
+    no log in it (a run killed before its first record) is skipped while another one is read.
+    """
+    runs: list[Run] = []
+    first_error: DpodiagError | None = None
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()):
+        if not _is_run_folder(child):
+            continue
+        try:
+            runs.append(_read_run_folder(child, step_reader, options))
+        except NoDataError as error:
+            first_error = first_error or error
+    if not runs and first_error is not None:
+        raise first_error
     return runs
 
 

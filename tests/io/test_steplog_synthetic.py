@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from dpodiag.errors import InputError
+from dpodiag.io import load_runs
 from dpodiag.io.steplogs import read_step_log, sniff_step_log
 
 TRAIN_DICT = ("{{'loss': {loss}, 'grad_norm': 1.5, 'learning_rate': 1e-06, "
@@ -294,6 +295,37 @@ def test_hf_output_folder_prefers_trainer_state(tmp_path):
     run = read_step_log(tmp_path)
     assert run.steps == (1, 20)
     assert any("training_args.bin is a pickle" in note for note in run.notes)
+
+
+def test_output_dir_with_console_log_reads_checkpoint(tmp_path):
+    # An output_dir holds the console capture and checkpoint-N/trainer_state.json; the trainer
+    # state has the real steps, so it is the log read, and the run note says so.
+    checkpoint = tmp_path / "out" / "checkpoint-1500"
+    checkpoint.mkdir(parents=True)
+    history = [{"loss": 0.69, "step": step, "rewards/chosen": 0.0} for step in (500, 1000, 1500)]
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (tmp_path / "out" / "train.log").write_text(TRAIN_DICT.format(loss=0.69, epoch=0.1) + "\n")
+    (run,) = load_runs(tmp_path / "out")
+    assert run.steps == (500, 1500)
+    assert any("read checkpoint-1500/trainer_state.json from folder" in note for note in run.notes)
+
+
+def test_wandb_folder_of_run_folders(tmp_path):
+    wandb = tmp_path / "wandb"
+    for name, loss in (("run-20250101_000000-aaaa", 0.6), ("run-20250102_000000-bbbb", 0.5)):
+        files = wandb / name / "files"
+        files.mkdir(parents=True)
+        (files / "output.log").write_text(TRAIN_DICT.format(loss=loss, epoch=0.1) + "\n")
+        (wandb / name / "logs").mkdir()
+        (wandb / name / "logs" / "debug.log").write_text("wandb: {'loss': 'not a log'}\n")
+    (wandb / "latest-run").symlink_to(wandb / "run-20250102_000000-bbbb")
+    (wandb / "debug.log").symlink_to(wandb / "run-20250102_000000-bbbb" / "logs" / "debug.log")
+    # A run killed before its first record has an output.log without metrics.
+    (wandb / "run-20250103_000000-cccc" / "files").mkdir(parents=True)
+    (wandb / "run-20250103_000000-cccc" / "files" / "output.log").write_text("starting\n")
+    runs = load_runs(wandb)
+    assert [run.name for run in runs] == ["run-20250101_000000-aaaa", "run-20250102_000000-bbbb"]
+    assert [run.table.item(0, "loss") for run in runs] == [0.6, 0.5]
 
 
 def test_pair_logs_not_sniffed(tmp_path):
