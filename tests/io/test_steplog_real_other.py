@@ -143,9 +143,18 @@ def test_simpo_tensorboard_events():
     assert train.item(-1, "logps_chosen") == pytest.approx(-14966, abs=1)
     assert evals.get_column("rewards_accuracies").round(2).to_list() == [0.68, 0.77, 0.81, 0.83]
     assert train.get_column("grad_norm").max() == pytest.approx(16.75, abs=0.01)
-    assert (run.meta.beta, run.meta.loss_type) == (0.1, "sigmoid")
+    # The fork keeps DPOConfig's default loss_type sigmoid; its logged keys are SimPO's.
+    assert (run.meta.beta, run.meta.loss_type) == (0.1, "simpo")
+    assert run.meta.source_of("loss_type") == "inferred"
     assert run.meta.logps_normalisation == "sum"
-    assert any("declares loss_type sigmoid" in note for note in run.notes)
+    assert any("declares loss_type sigmoid, TRL's default" in note for note in run.notes)
+
+
+def test_simpo_loss_type_same_from_events_and_console():
+    pytest.importorskip("tensorboard")
+    events = read("adaptive-simpo-llama3-8b-lr5e-5-logp-collapse.events.out.tfevents")
+    console = read("adaptive-simpo-llama3-8b-lr5e-5-logp-collapse.console.log")
+    assert events.meta.loss_type == console.meta.loss_type == "simpo"
 
 
 def test_simpo_tensorboard_matches_console():

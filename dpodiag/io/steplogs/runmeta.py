@@ -24,6 +24,14 @@ def run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
         None)
     if meta.loss_type is None and implied:
         inferred["loss_type"] = implied
+    elif implied and meta.loss_type == "sigmoid" and dialect.implied_loss_type:
+        # sigmoid is the default of TRL's DPOConfig and CPOConfig. A fork that subclasses the
+        # trainer and computes its own loss (SimPO forks of DPOTrainer) keeps that default in
+        # its config, while its logged keys show the loss it computes.
+        inferred["loss_type"] = implied
+        notes.append(f"the trainer config declares loss_type sigmoid, TRL's default, but the "
+                     f"logged keys are those of {implied} ({dialect.description}); {implied} "
+                     "is used")
     elif implied and meta.loss_type != implied:
         notes.append(f"the trainer config declares loss_type {meta.loss_type}, but the logged "
                      f"keys are those of {implied} ({dialect.name}: {dialect.description})")
