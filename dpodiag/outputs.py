@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -72,8 +73,9 @@ def write_atomic(path: str | Path, data: bytes, *, force: bool = False) -> Path:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write the file ({exc.strerror}); free space or choose "
-                          "a folder you can write to") from None
+        fix = ("free disk space or choose another folder" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "choose a folder you can write to")
+        raise OutputError(f"{path}: cannot write the file ({exc.strerror}); {fix}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return path

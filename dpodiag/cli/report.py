@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dpodiag.cli.options import run_options
+from dpodiag.errors import UsageError
 
 # Characters kept from a run name in the default output file name; others become "_".
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -44,6 +45,9 @@ def report_command(runs, output, force, title, load_options, device):
     # An existing output is reported before the runs are read, not after minutes of work.
     if output is not None and not folder:
         check_not_input(output, list(runs))
+        if Path(output).suffix.lower() not in (".html", ".htm"):
+            raise UsageError(f"{output}: report writes an HTML page; give the output an .html "
+                             "name, or a folder ending in '/'")
         check_output(output, force=force)
     diagnosis = diagnose(load(list(runs), **load_options), device=device)
     if output is None:

@@ -34,3 +34,17 @@ def test_default_output_in_reports(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "reports" / "healthy.html").is_file()
     assert result.stdout.startswith("wrote reports/healthy.html")
+
+
+def test_output_other_suffix_rejected(tmp_path):
+    result = dpodiag("report", HEALTHY, "-o", tmp_path / "report.pdf")
+    assert result.returncode == 2
+    assert "report.pdf: report writes an HTML page; give the output an .html name" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_folder_message(tmp_path):
+    result = dpodiag("report", HEALTHY, "-o", "/proc/dpodiag-test.html")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("choose a folder you can write to")
+    assert "free disk space" not in result.stderr
