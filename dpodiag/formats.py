@@ -6,6 +6,7 @@ import json
 import math
 import textwrap
 
+from dpodiag.phrases import counted, step_range
 from dpodiag.pipeline import Diagnosis, run_summary
 
 SEVERITY_LABEL = {"error": "ERROR", "warning": "WARNING", "info": "info"}
@@ -33,11 +34,15 @@ def to_json(diagnosis: Diagnosis) -> str:
 
 
 def _run_line(summary: dict) -> str:
-    steps = f"steps {summary['first_step']}-{summary['last_step']}"
-    beta = f"beta {summary['beta']:g} ({summary['beta_source']})" if summary["beta"] else "beta unknown"
+    steps = step_range(summary["first_step"], summary["last_step"])
+    # An inferred beta is a fit; 3 significant digits is as precise as it is.
+    digits = ".3g" if summary["beta_source"] == "inferred" else "g"
+    beta = (f"beta {summary['beta']:{digits}} ({summary['beta_source']})" if summary["beta"]
+            else "beta unknown")
     loss = (f"loss {summary['loss_type']} ({summary['loss_type_source']})" if summary["loss_type"]
             else "loss type unknown")
-    return f"{summary['run']}  [{summary['level']}, {summary['rows']} rows, {steps}, {beta}, {loss}]"
+    rows = counted(summary["rows"], "row")
+    return f"{summary['run']}  [{summary['level']}, {rows}, {steps}, {beta}, {loss}]"
 
 
 def to_text(diagnosis: Diagnosis, verbose: bool = False, width: int = 100) -> str:

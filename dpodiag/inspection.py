@@ -6,6 +6,7 @@ from typing import Any
 
 import polars as pl
 
+from dpodiag.phrases import counted, step_range
 from dpodiag.schema import Run
 
 META_FIELDS = ("beta", "loss_type", "label_smoothing", "simpo_gamma", "logps_normalisation",
@@ -44,9 +45,11 @@ def describe_text(described: dict[str, Any]) -> str:
     if described["dialect"]:
         extra = f" - {described['dialect_description']}" if described["dialect_description"] else ""
         lines.append(f"  dialect:  {described['dialect']}{extra}")
-    lines.append(f"  rows:     {described['rows']} (steps {described['first_step']}-{described['last_step']})")
+    lines.append(f"  rows:     {described['rows']} "
+                 f"({step_range(described['first_step'], described['last_step'])})")
     for split, counts in described["splits"].items():
-        lines.append(f"    {split}: {counts['rows']} rows at {counts['steps']} steps")
+        lines.append(f"    {split}: {counted(counts['rows'], 'row')} at "
+                     f"{counted(counts['steps'], 'step')}")
     lines.append(f"  columns:  {', '.join(described['columns'])}")
     for canonical, theirs in described["column_mapping"].items():
         lines.append(f"    {canonical} <- {theirs}")

@@ -8,6 +8,7 @@ import click
 
 from dpodiag.cli.options import run_options
 from dpodiag.errors import UsageError
+from dpodiag.phrases import counted
 
 
 @click.command("convert")
@@ -32,4 +33,5 @@ def convert_command(run, output, force, load_options, device):
     runs = load([run], **{**load_options, "streaming": False})
     written = write_canonical(runs, output, force=force)
     rows = sum(r.table.height for r in runs)
-    click.echo(f"wrote {written}: {len(runs)} run(s), {rows} {runs[0].level} rows")
+    unit = "pair" if runs[0].level == "pairs" else f"{runs[0].level} row"
+    click.echo(f"wrote {written}: {len(runs)} run(s), {counted(rows, unit)}")
