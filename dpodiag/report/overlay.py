@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dpodiag.checks.base import RunData
-from dpodiag.report.traces import (axis_names, hline, layout, line, plotly_text, run_colour, run_entries,
-                                   step_series, style_entries)
+from dpodiag.report.traces import (axis_names, hline, layout, layout_key, line, plotly_text,
+                                   run_colour, run_entries, step_series, style_entries)
 
 # Runs whose last logged steps differ by more than this factor are drawn against training progress.
 PROGRESS_RATIO = 3.0
+# A positive panel whose runs' medians differ by more than this factor is drawn on a log axis.
+SCALE_SPREAD = 10.0
 # Short enough for a three-panel row; the page explains it above the charts.
 PROGRESS_TITLE = "progress (step / last step)"
 
@@ -29,6 +33,8 @@ class Chart:
     """The reason no run has data for the chart, set when `figure` is None."""
     absent_runs: list[str] = field(default_factory=list)
     """Runs that have no data in this chart while others do."""
+    notes: list[str] = field(default_factory=list)
+    """Remarks on how the chart is drawn, such as a log axis, shown under its caption."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,32 @@ def overlay(chart: Chart, runs: list[RunData], panels: list[Panel], *, missing: 
             add_guide(figure_layout, value, panel_index, text)
         if panel_index not in drawn_panels:
             add_empty_note(figure_layout, panel_index, panel)
+        elif log_scale_needed(traces, panel_index):
+            _, yaxis = axis_names(panel_index)
+            figure_layout[layout_key(yaxis)]["type"] = "log"
+            chart.notes.append(f"The y-axis of the {panel.title} panel is logarithmic, because the "
+                               f"runs' values differ by more than {SCALE_SPREAD:g} times.")
     chart.figure = {"data": traces, "layout": figure_layout}
     return chart
+
+
+def log_scale_needed(traces: list[dict[str, Any]], panel_index: int) -> bool:
+    """Tell whether a panel's runs are all positive and their medians span more than SCALE_SPREAD
+    times, so that on a linear axis the smaller runs would lie flat along 0."""
+    _, yaxis = axis_names(panel_index)
+    medians: dict[str, float] = {}
+    for trace in traces:
+        if trace.get("yaxis") != yaxis or trace.get("showlegend"):
+            continue  # another panel, or a legend-only entry
+        values = np.asarray([v for v in trace["y"] if v is not None], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        if (values <= 0).any():
+            return False
+        run = trace["legendgroup"]
+        medians[run] = max(medians.get(run, 0.0), float(np.median(values)))
+    return len(medians) > 1 and max(medians.values()) > SCALE_SPREAD * min(medians.values())
 
 
 def add_empty_note(figure_layout: dict[str, Any], panel_index: int, panel: Panel) -> None:

@@ -190,12 +190,12 @@ def layout(panels: list[str], *, y_titles: list[str], x_title: str = "step", hei
     for index, title in enumerate(panels):
         xaxis, yaxis = axis_names(index)
         start = index * (width + gap)
-        result[_layout_key(xaxis)] = {"domain": [start, start + width], "anchor": yaxis,
+        result[layout_key(xaxis)] = {"domain": [start, start + width], "anchor": yaxis,
                                       "title": {"text": x_title}, **_AXIS}
         y_axis = {"anchor": xaxis, "title": {"text": y_titles[index]}, **_AXIS}
         if shared_y and index:
             y_axis["matches"] = "y"
-        result[_layout_key(yaxis)] = y_axis
+        result[layout_key(yaxis)] = y_axis
         if count > 1:
             result["annotations"].append({"text": f"<b>{title}</b>", "showarrow": False,
                                           "xref": "paper", "yref": "paper", "x": start + width / 2,
@@ -208,6 +208,6 @@ _AXIS = {"showline": True, "linecolor": "#999", "gridcolor": "#e6e6e6", "zerolin
          "ticks": "outside", "tickcolor": "#999", "automargin": True}
 
 
-def _layout_key(axis: str) -> str:
-    # Trace references "x2"; the layout key is "xaxis2".
+def layout_key(axis: str) -> str:
+    """Return the layout key of an axis that traces name "x2" or "y": "xaxis2", "yaxis"."""
     return f"{axis[0]}axis{axis[1:]}"

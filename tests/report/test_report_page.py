@@ -17,7 +17,7 @@ import pytest
 
 from report_inputs import (HOSTILE_COLUMN, IMG_ONERROR, SCRIPT_BREAKOUT, diagnose_data, hostile_diagnosis,
                       step_log_run)
-from synthetic import make_pairs, write_parquet
+from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
 
 import dpodiag
 from dpodiag.pipeline import analyse
@@ -111,6 +111,22 @@ def test_run_colours_match_across_charts(tmp_path):
     assert set(colours) == {"run-1", "run-2", "run-3"}
     assert all(len(used) == 1 for used in colours.values())
     assert len({next(iter(used)) for used in colours.values()}) == 3
+
+
+def test_loss_axis_log_when_scales_differ(tmp_path):
+    # The IPO sample's loss is about 10-25 nats, the others' below 1.
+    runs = dpodiag.load([SAMPLE_LOGS / "healthy.parquet", SAMPLE_LOGS / "ipo-recorded-as-sigmoid.parquet"])
+    html = render_html(dpodiag.diagnose(runs, device="cpu"))
+    loss = figure_blocks(html)["chart-loss"]
+    assert loss["layout"]["yaxis"]["type"] == "log"
+    assert "The y-axis of the loss panel is logarithmic" in html
+
+
+def test_loss_axis_linear_when_scales_match(tmp_path):
+    html = render_html(dpodiag.diagnose(pair_runs(tmp_path, 2), device="cpu"))
+    loss = figure_blocks(html)["chart-loss"]
+    assert "type" not in loss["layout"]["yaxis"]
+    assert "logarithmic" not in html
 
 
 def test_missing_lengths_replace_chart(tmp_path):
