@@ -208,3 +208,14 @@ def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return the first and last END_WINDOW share of a step-sorted table (at least one row each)."""
     size = max(1, int(round(frame.height * END_WINDOW)))
     return frame.head(size), frame.tail(size)
+
+
+def windows_phrase(early: pl.DataFrame, late: pl.DataFrame, split: str = "train") -> str:
+    """Name the two end windows in a message: "the first and last 20% of train records
+    (steps 0-15 and 65-80)"; a finding quotes their means, not single records."""
+    def steps(frame: pl.DataFrame) -> str:
+        first, last = int(frame.get_column("step").min()), int(frame.get_column("step").max())
+        return str(first) if first == last else f"{first}-{last}"
+
+    return (f"the first and last {END_WINDOW:.0%} of {split} records (steps {steps(early)} and "
+            f"{steps(late)})")

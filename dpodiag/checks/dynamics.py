@@ -16,6 +16,7 @@ from dpodiag.checks.base import (
     check,
     end_windows,
     require_steps,
+    windows_phrase,
 )
 from dpodiag.checks.per_example import policy_movement
 
@@ -88,11 +89,18 @@ def likelihood_displacement(data: RunData) -> list[Finding]:
     below_reference = late_chosen < 0 or reference_free
     if not (margin_gain > 0 and chosen_fall > 0.1 * margin_gain and below_reference):
         return []
+    if rows.height >= MIN_TREND_STEPS:
+        change = (f"Between {windows_phrase(early, late)}, the mean chosen reward fell from "
+                  f"{early_chosen:.3g} to {late_chosen:.3g} while the mean margin grew from "
+                  f"{early_margin:.3g} to {late_margin:.3g}")
+    else:
+        change = (f"The final chosen reward is {late_chosen:.3g} and the final margin "
+                  f"{late_margin:.3g}, while both are 0 before the first update of a "
+                  "reference-based run")
     return [data.finding(
         "likelihood-displacement", "Chosen likelihood falls while the margin grows",
-        f"The mean chosen reward fell from {early_chosen:.3g} to {late_chosen:.3g} while the "
-        f"margin grew from {early_margin:.3g} to {late_margin:.3g}: the margin grows partly by "
-        "lowering the chosen responses' likelihood. Common in DPO; watch generation quality.",
+        f"{change}: the margin grows partly by lowering the chosen responses' likelihood. "
+        "Common in DPO; watch generation quality.",
         split="train", evidence={"early_chosen_reward": early_chosen, "late_chosen_reward": late_chosen,
                                  "early_margin": early_margin, "late_margin": late_margin,
                                  "records": rows.height})]

@@ -10,6 +10,7 @@ from dpodiag.checks.base import (
     check,
     end_windows,
     require_steps,
+    windows_phrase,
 )
 from dpodiag.checks.eval_identity import beta_from_eval_identity
 from dpodiag.checks.epoch_dips import dips_at_epoch_ends
@@ -50,14 +51,15 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         late_loss = float(late.get_column("loss").mean())
         evidence.update(early_logged_loss=early_loss, late_logged_loss=late_loss)
         if late_loss < early_loss:
-            loss_text = (f" The logged loss fell from {early_loss:.4f} to {late_loss:.4f} all the same, "
-                         "so the loss rewards the wrong direction. ")
+            loss_text = (f" The mean logged loss fell from {early_loss:.4f} to {late_loss:.4f} "
+                         "all the same, so the loss rewards the wrong direction. ")
     if data.pairs is not None:
         loss_text += sign_error_text(data, evidence)
     return [data.finding(
         "preference-direction-inverted", "Training prefers the rejected responses",
-        f"Reward accuracy ends at {late_accuracy:.2f} (below chance) and the mean reward margin "
-        f"moved from {early_margin:.3g} to {late_margin:.3g}.{loss_text}A sign error in the loss or "
+        f"Between {windows_phrase(early, late)}, the mean reward margin moved from "
+        f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last window "
+        f"is {late_accuracy:.2f}, below chance.{loss_text}A sign error in the loss or "
         "chosen/rejected swapped in collation are the usual causes.",
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
 

@@ -195,11 +195,16 @@ def reference_not_initial_policy(data: RunData) -> list[Finding]:
                 "mean_rejected_logratio": float(start.get_column("rejected_logratio").mean())}
     loss_text = ""
     if spec is not None and spec.zero_margin is not None and "loss" in start.columns:
-        logged = start.get_column("loss").filter(start.get_column("loss").is_finite()).mean()
+        # The train split's mean, as a trainer logs it, when step 0 has train pairs.
+        split = "train" if "split" in start.columns and (start.get_column("split") == "train").any() else None
+        rows = start.filter(pl.col("split") == split) if split else start
+        logged = rows.get_column("loss").filter(rows.get_column("loss").is_finite()).mean()
         expected = spec.zero_margin(data.run.meta.beta or 0.1, data.run.meta.label_smoothing)
         if logged is not None:
             evidence.update(first_loss=float(logged), zero_margin_loss=expected)
-            loss_text = f" The step-0 loss is {logged:.4f}, against {expected:.4f} when policy equals reference."
+            where = "train loss" if split else "loss"
+            loss_text = (f" The mean step-0 {where} is {logged:.4f}, against {expected:.4f} when "
+                         "policy equals reference.")
     return [data.finding(
         "reference-not-initial-policy", "Reference differs from the initial policy at step 0",
         f"Before any update the median |log-ratio| is {typical:.3g} nats (tolerance {tolerance:.3g}, "
