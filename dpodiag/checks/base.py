@@ -59,6 +59,14 @@ class RunData:
     def name(self) -> str:
         return self.run.name
 
+    def release_pairs(self) -> None:
+        """Drop the pair table, the run's table and the shared results, keeping the step table
+        and the run's summary; called once the checks have run when nothing else reads them."""
+        self.pairs = None
+        self.cache.clear()
+        self.scratch = None
+        self.run.release_table()
+
     @property
     def streaming(self) -> bool:
         """True when the pair table is a streamed scan, never held in memory whole."""
