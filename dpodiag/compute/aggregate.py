@@ -12,10 +12,8 @@ import polars as pl
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEYS = ["run", "split", "step"]
-# Rows of an in-memory pair table aggregated at a time. Per-group quantiles make polars 2.1
-# allocate about 200 bytes of temporary memory per row of the group-by, so a whole run at once
-# would add that to the peak.
-MEMORY_WINDOW_ROWS = 250_000
+# Rows of a step-ordered table sorted by STEP_KEY at a time (see `_step_slices`).
+SORT_WINDOW_ROWS = 500_000
 # The integer (split, step) key of `_step_key`, a temporary column of the aggregation.
 STEP_KEY = "_split_step"
 # grad_weight divided by its step's maximum, a temporary column of the aggregation.
@@ -101,9 +99,9 @@ def _ess_fraction(column: str) -> pl.Expr:
     """(sum w)^2 / sum w^2 / n, with w divided by its maximum first so that tiny weights
     (margins in the hundreds) do not underflow when squared; 0 when every weight is 0.
 
-    The divided weights are the column SCALED_WEIGHT, which `_group` adds before the group-by:
-    dividing inside the aggregation broadcasts each group's maximum, which polars does per
-    group with about 200 bytes of temporary memory per row.
+    The divided weights are the column SCALED_WEIGHT, which `_group` adds before the group-by.
+    Dividing inside the aggregation broadcasts each group's maximum, which took polars 2.1 about
+    190 bytes of temporary memory per row (2.5 million rows grouped by split and step).
     """
     top = pl.col(column).max()
     scaled = pl.col(SCALED_WEIGHT)
@@ -137,13 +135,39 @@ def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         return _group(pairs, KEYS, exprs).sort(KEYS)
     encoded, run, splits = key
     roots = {name for expr in exprs for name in expr.meta.root_names()} - {SCALED_WEIGHT}
-    steps = _group(pairs.select(*sorted(roots), encoded), [STEP_KEY], exprs)
+    frame = pairs.select(*sorted(roots | {"step"}), encoded)
+    steps = pl.concat([_group(_sorted_by_key(part), [STEP_KEY], exprs) for part in _step_slices(frame)])
     count = len(splits)
     split = (pl.col(STEP_KEY) % count).replace_strict(dict(enumerate(splits)), return_dtype=pl.Utf8)
     step = (pl.col(STEP_KEY) // count).cast(pairs.schema["step"])
     return (steps.select(pl.lit(run, dtype=pairs.schema["run"]).alias("run"), split.alias("split"),
                          step.alias("step"), pl.exclude(STEP_KEY))
             .sort(KEYS))
+
+
+def _sorted_by_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """Order `frame` by STEP_KEY and mark the key sorted. Rows ordered by the key make every
+    group a contiguous slice, which polars aggregates about three times faster than scattered
+    rows. The sort is stable, so each step keeps its row order."""
+    if frame.get_column(STEP_KEY).is_sorted():
+        return frame.with_columns(pl.col(STEP_KEY).set_sorted())
+    return frame.sort(STEP_KEY, maintain_order=True)
+
+
+def _step_slices(frame: pl.DataFrame):
+    """Yield `frame` in slices of whole steps of about SORT_WINDOW_ROWS rows when it is ordered
+    by step, else whole. Sorting a slice then copies that slice only."""
+    steps = frame.get_column("step")
+    if frame.height <= SORT_WINDOW_ROWS or not steps.is_sorted():
+        yield frame
+        return
+    start = 0
+    while start < frame.height:
+        # The window ends after the last row of the step at row start + SORT_WINDOW_ROWS.
+        probe = min(start + SORT_WINDOW_ROWS, frame.height - 1)
+        end = int(steps.search_sorted(steps[probe], side="right"))
+        yield frame.slice(start, end - start)
+        start = end
 
 
 def _step_key(pairs: pl.DataFrame) -> tuple[pl.Expr, str, list[str]] | None:

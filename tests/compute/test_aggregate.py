@@ -51,7 +51,7 @@ def test_nonfinite_pairs_are_counted_not_averaged(recomputed):
 
 def test_integer_key_matches_string_keys(recomputed):
     # Two run names disable the integer (split, step) key, so the result comes from a group-by
-    # over (run, split, step); each half must equal the one-run result of the key path.
+    # over (run, split, step). Each half must equal the one-run result of the key path.
     import polars as pl
     from polars.testing import assert_frame_equal
 
@@ -74,8 +74,8 @@ def test_nonfinite_columns_match_finite_path(recomputed):
     import polars as pl
     from polars.testing import assert_frame_equal
 
-    # A NaN in one row of one step makes every column of the table take the finiteness test;
-    # the other steps must keep the values of the table without it.
+    # A NaN in one row of one step makes these columns take the finiteness test. The other
+    # steps must keep the values of the table without it.
     broken = recomputed.with_columns(
         pl.when(pl.int_range(pl.len()) == 0).then(float("nan")).otherwise(pl.col(name)).alias(name)
         for name in ("margin", "probability", "chosen_logratio", "loss_recomputed"))
@@ -83,3 +83,19 @@ def test_nonfinite_columns_match_finite_path(recomputed):
     other_steps = (pl.col("split") != first_step["split"]) | (pl.col("step") != first_step["step"])
     assert_frame_equal(step_aggregates(broken).filter(other_steps),
                        step_aggregates(recomputed).filter(other_steps), check_exact=False)
+
+
+def test_step_slices_match_whole_table(recomputed, monkeypatch):
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    from dpodiag.compute import aggregate
+
+    whole = step_aggregates(recomputed)
+    # Slices of a few rows cut between many steps, and each still contains whole steps.
+    monkeypatch.setattr(aggregate, "SORT_WINDOW_ROWS", 5)
+    assert recomputed.get_column("step").is_sorted()
+    assert_frame_equal(step_aggregates(recomputed), whole)
+    assert_frame_equal(step_aggregates(recomputed.sort("step", descending=True)).sort(aggregate.KEYS), whole,
+                       check_exact=False)
+    assert pl.concat(list(aggregate._step_slices(recomputed.with_columns(_split_step=0)))).height == recomputed.height
