@@ -48,3 +48,31 @@ def test_release_keeps_run_summary(tmp_path):
     run.release_table()
     assert run_summary(run) == before
     assert run.table.columns == dpodiag.load(_three_runs(tmp_path))[0].table.columns
+
+
+def test_interleaved_runs_read_alike(tmp_path):
+    # Rows of two runs alternating by step are not one block per run, so each run is read with
+    # a filter. The same rows in run order are read as slices. Both give the same tables.
+    first = make_pairs(steps=6, pairs=4, seed=0).with_columns(run=pl.lit("a"))
+    second = make_pairs(steps=6, pairs=4, seed=1).with_columns(run=pl.lit("b"))
+    blocks = write_parquet(pl.concat([first, second]), tmp_path / "blocks.parquet", beta=0.1)
+    interleaved = write_parquet(pl.concat([first, second]).sort("step", maintain_order=True),
+                                tmp_path / "interleaved.parquet", beta=0.1)
+    for defer in (False, True):
+        by_block = dpodiag.load(blocks, defer=defer)
+        by_filter = dpodiag.load(interleaved, defer=defer)
+        assert [run.name for run in by_filter] == [run.name for run in by_block] == ["a", "b"]
+        for left, right in zip(by_block, by_filter):
+            left.materialise()
+            right.materialise()
+            assert_frame_equal(left.table.sort("step", "example_id"), right.table.sort("step", "example_id"))
+
+
+def test_rows_without_run_name_join_default_run(tmp_path):
+    named = make_pairs(steps=4, pairs=4, seed=0).with_columns(run=pl.lit("other"))
+    unnamed = make_pairs(steps=4, pairs=4, seed=1).with_columns(run=pl.lit(None, dtype=pl.Utf8))
+    path = write_parquet(pl.concat([named, unnamed]), tmp_path / "mixed.parquet", beta=0.1)
+    runs = {run.name: run for run in dpodiag.load(path, defer=True)}
+    assert set(runs) == {"mixed", "other"}
+    runs["mixed"].materialise()
+    assert runs["mixed"].table.height == unnamed.height
