@@ -36,13 +36,15 @@ def report_command(runs, output, force, title, load_options, device):
     """Write an HTML report of RUN... (files or folders), all runs compared on one page."""
     from dpodiag.outputs import check_not_input, check_output
     from dpodiag.pipeline import diagnose, load
-    from dpodiag.report import write_report
+    from dpodiag.report import PAIR_COLUMNS_READ, write_report
 
     # An existing output is reported before the runs are read, not after minutes of work.
     if output is not None:
         check_not_input(output, list(runs))
         check_output(output, force=force)
-    diagnosis = diagnose(load(list(runs), **load_options), device=device)
+    # Runs are read one at a time, and each keeps only the pair columns the page reads.
+    diagnosis = diagnose(load(list(runs), defer=True, **load_options), device=device,
+                         keep_columns=PAIR_COLUMNS_READ)
     if output is None:
         output = default_output(diagnosis.runs[0].name)
     written = write_report(diagnosis, output, force=force, title=title)
