@@ -1,20 +1,33 @@
 """`python -m dpodiag` and the installed `dpodiag` script run the CLI through `run`."""
 
+import sys
+
 from dpodiag.cli.signals import deferred_signals
+
+# Options that print text and exit before any command runs.
+PRINT_ONLY_OPTIONS = {"-h", "--help", "--version"}
 
 
 def run() -> None:
     """Import the CLI with SIGINT and SIGTERM deferred, then run it.
 
-    The imports take a second or more (torch, scipy). A signal during them exits, after them,
-    with one line and the status that `main` gives. The modules that the commands import on
-    first use are imported here for the same reason.
+    The imports take a second or more (torch). A signal during them exits, after them, with one
+    line and the status that `main` gives. The modules that the commands import on first use
+    are imported here for the same reason, except when the command line only requests help or
+    the version, which need click alone.
     """
     with deferred_signals():
-        import dpodiag.pipeline  # noqa: F401
-        import dpodiag.report  # noqa: F401
+        if not prints_only(sys.argv[1:]):
+            import dpodiag.pipeline  # noqa: F401
+            import dpodiag.report  # noqa: F401
         from dpodiag.cli.main import main
     main()
+
+
+def prints_only(arguments: list[str]) -> bool:
+    """True when `arguments` contain no command or a help or version option before any `--`."""
+    options = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    return not arguments or bool(PRINT_ONLY_OPTIONS & set(options))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def analyse(run: Run, device: str = "auto") -> RunData:
     if run.level == "steps":
         infer_step_meta(run)
         return RunData(run=run, steps=derive_step_margins(run))
+    run.materialise()
     infer_pair_meta(run)
     if run.streaming:
         return analyse_streamed(run, device)
@@ -111,15 +113,30 @@ def analyse_streamed(run: Run, device: str = "auto") -> RunData:
     return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs, scratch=scratch)
 
 
-def diagnose(runs: list[Run], device: str = "auto") -> Diagnosis:
-    """Analyse and check every run."""
+def diagnose(runs: list[Run], device: str = "auto", keep_pairs: bool = True,
+             keep_columns: Collection[str] | None = None) -> Diagnosis:
+    """Analyse and check every run, one run at a time.
+
+    With `keep_pairs` False, each run's pair table and in-memory table are released once its
+    checks have run (see `RunData.release_pairs`), so memory contains one run's derived columns
+    at a time. The Diagnosis then carries the step tables, summaries and findings only, which is
+    all that `dpodiag check` prints. With `keep_columns`, each in-memory pair table keeps only
+    those columns after the checks, and the run's table is released (see
+    `RunData.narrow_pairs`).
+    """
     if not runs:
         raise UsageError("no run to diagnose")
     findings: list[Finding] = []
+    analysed: list[RunData] = []
     with cpu_threads():
-        analysed = [analyse(run, device) for run in runs]
-        for data in analysed:
+        for run in runs:
+            data = analyse(run, device)
             findings += run_checks(data)
             # Shared by the checks only; one row per example, so large for a large log.
             data.cache.pop("example_summary", None)
+            if not keep_pairs:
+                data.release_pairs()
+            elif keep_columns is not None:
+                data.narrow_pairs(keep_columns)
+            analysed.append(data)
     return Diagnosis(runs=analysed, findings=findings)

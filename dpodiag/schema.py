@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -142,11 +143,21 @@ class Run:
     """"logged" when steps come from the input, "counted" when the reader numbered records
     because the input has no step key (so step 1 need not be the first optimizer step)."""
     _summary: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    pending: Callable[[pl.LazyFrame], pl.DataFrame] | None = field(default=None, repr=False, compare=False)
+    """The function that `materialise` reads `table` with, while `table` is the LazyFrame plan
+    of a run read with `defer`. Such a run is not streamed."""
+    released: bool = field(default=False, repr=False, compare=False)
+    """True once `release_table` has emptied the table; rows, splits and steps still describe it."""
 
     @property
     def streaming(self) -> bool:
         """True when the table is a LazyFrame that is scanned, not held in memory."""
-        return isinstance(self.table, pl.LazyFrame)
+        return isinstance(self.table, pl.LazyFrame) and self.pending is None
+
+    def materialise(self) -> None:
+        """Read a deferred table into memory (see `pending`); other tables stay as they are."""
+        if self.pending is not None:
+            self.table, self.pending = self.pending(self.table), None
 
     @property
     def columns(self) -> list[str]:
@@ -155,7 +166,18 @@ class Run:
 
     @property
     def rows(self) -> int:
-        return self._table_summary()["rows"] if self.streaming else self.table.height
+        self.materialise()
+        return self._table_summary()["rows"] if self.streaming or self.released else self.table.height
+
+    def release_table(self) -> None:
+        """Replace an in-memory table by an empty one with the same columns, so that its memory
+        can be freed; `rows`, `splits` and `steps` keep describing the table as read."""
+        if self.streaming or self.released:
+            return
+        summary = dict(self._table_summary())
+        self.table = self.table.clear()
+        self._summary = {**summary, "table": id(self.table)}
+        self.released = True
 
     @property
     def splits(self) -> list[str]:
@@ -170,6 +192,7 @@ class Run:
     def _table_summary(self) -> dict[str, Any]:
         """Rows, splits and first and last step; one streaming scan for a LazyFrame, cached
         because a scanned table does not change."""
+        self.materialise()
         if not self.streaming:
             # A DataFrame is replaced, never changed in place, so its id identifies its summary.
             if self._summary is None or self._summary.get("table") != id(self.table):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,6 +59,22 @@ class RunData:
     @property
     def name(self) -> str:
         return self.run.name
+
+    def narrow_pairs(self, columns: Collection[str]) -> None:
+        """Keep only `columns` of an in-memory pair table and release the run's table. The step
+        table and the run's summary stay, and so does a streamed pair table."""
+        if isinstance(self.pairs, pl.DataFrame):
+            self.pairs = self.pairs.select([name for name in self.pairs.columns if name in columns])
+        self.cache.clear()
+        self.run.release_table()
+
+    def release_pairs(self) -> None:
+        """Drop the pair table, the run's table and the shared results, keeping the step table
+        and the run's summary. For use once the checks have run, when nothing else reads them."""
+        self.pairs = None
+        self.cache.clear()
+        self.scratch = None
+        self.run.release_table()
 
     @property
     def streaming(self) -> bool:

@@ -6,7 +6,7 @@ import polars as pl
 
 from dpodiag.checks.base import Finding, RunData, Skip, check
 from dpodiag.checks.per_example import example_summary, identical_responses, may_repeat_records
-from dpodiag.compute.quantiles import median
+from dpodiag.compute.quantiles import median, median_above
 
 LOGPS_COLUMNS = ["policy_chosen_logps", "policy_rejected_logps",
                  "reference_chosen_logps", "reference_rejected_logps"]
@@ -247,13 +247,22 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
     per_step = data.per_step(lambda rows: pooled(rows).group_by("step")
                              .agg(pl.corr("size", "length").alias("r"), pl.col("length").std().alias("spread"))
                              .filter((pl.col("spread") > 0) & pl.col("r").is_finite()))
-    per_token = float(median(pooled(pairs), pl.col("size") / pl.col("length"), data.engine))
-    if per_step.height < 3 and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
+    per_token_nats = pl.col("size") / pl.col("length")
+    # The median per-token value itself is computed only for a finding, or when counts
+    # cannot tell whether it is above PLAUSIBLE_PER_TOKEN_NATS.
+    implausible = median_above(pooled(pairs), per_token_nats, PLAUSIBLE_PER_TOKEN_NATS, data.engine)
+    per_token = None
+    if implausible is None:
+        per_token = float(median(pooled(pairs), per_token_nats, data.engine))
+        implausible = not per_token <= PLAUSIBLE_PER_TOKEN_NATS
+    if per_step.height < 3 and not implausible:
         raise Skip("too few steps with varying response lengths")
     correlation = float(per_step.get_column("r").median()) if per_step.height else None
     uncorrelated = correlation is not None and correlation < MASK_MIN_CORRELATION
-    if not uncorrelated and per_token <= PLAUSIBLE_PER_TOKEN_NATS:
+    if not uncorrelated and not implausible:
         return []
+    if per_token is None:
+        per_token = float(median(pooled(pairs), per_token_nats, data.engine))
     return [data.finding(
         "mask-or-padding-suspect", "Log-probs do not follow the response length",
         f"The median per-step correlation between |{column}| and the response length is "

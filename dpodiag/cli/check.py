@@ -27,7 +27,9 @@ def check_command(runs, output_format, fail_on, verbose, load_options, device):
     from dpodiag import formats
     from dpodiag.pipeline import diagnose, load
 
-    diagnosis = diagnose(load(list(runs), **load_options), device=device)
+    # Runs are read, checked and released one at a time, so memory contains one run's pairs.
+    runs = load(list(runs), defer=True, **load_options)
+    diagnosis = diagnose(runs, device=device, keep_pairs=False)
     if output_format == "json":
         sys.stdout.write(formats.to_json(diagnosis))
     elif output_format == "markdown":

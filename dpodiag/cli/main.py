@@ -11,6 +11,7 @@ import click
 from dpodiag import __version__
 from dpodiag.cli.check import check_command
 from dpodiag.cli.convert import convert_command
+from dpodiag.cli.failures import is_out_of_memory, out_of_memory_message
 from dpodiag.cli.inspect import inspect_command
 from dpodiag.cli.report import report_command
 from dpodiag.cli.score import score_command
@@ -65,10 +66,26 @@ def _run(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         exit_for_signal(signal.SIGINT)
     except Exception as exc:  # noqa: BLE001  (the last line of defence against a traceback)
-        if os.environ.get("DPODIAG_DEBUG"):
+        _exit_for_error(exc, argv)
+    except BaseException as exc:
+        # Polars reports a Rust panic as PanicException, which derives from BaseException.
+        if type(exc).__name__ != "PanicException":
             raise
-        detail = (str(exc).strip().splitlines() or [""])[0][:300]
-        click.echo(f"dpodiag: internal error: {type(exc).__name__}: {detail}; rerun with "
-                   "DPODIAG_DEBUG=1 for the traceback and report it", err=True)
-        sys.exit(3)
+        _exit_for_error(exc, argv)
     sys.exit(0)
+
+
+def _exit_for_error(exc: BaseException, argv: list[str] | None) -> None:
+    """Exit with status 2 and one line for an allocation failure, else with status 3 as an
+    internal error. With DPODIAG_DEBUG set, re-raise `exc` for the traceback."""
+    if os.environ.get("DPODIAG_DEBUG"):
+        raise exc
+    if is_out_of_memory(exc):
+        arguments = sys.argv[1:] if argv is None else argv
+        streaming = "--streaming" in arguments or os.environ.get("DPODIAG_STREAMING") == "1"
+        click.echo(f"dpodiag: error: {out_of_memory_message(exc, streaming)}", err=True)
+        sys.exit(2)
+    detail = (str(exc).strip().splitlines() or [""])[0][:300]
+    click.echo(f"dpodiag: internal error: {type(exc).__name__}: {detail}; rerun with "
+               "DPODIAG_DEBUG=1 for the traceback and report it", err=True)
+    sys.exit(3)

@@ -39,7 +39,7 @@ def report_command(runs, output, force, title, load_options, device):
     """Write an HTML report of RUN... (files or folders), all runs compared on one page."""
     from dpodiag.outputs import check_not_input, check_output
     from dpodiag.pipeline import diagnose, load
-    from dpodiag.report import write_report
+    from dpodiag.report import PAIR_COLUMNS_READ, write_report
 
     folder = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     # An existing output is reported before the runs are read, not after minutes of work.
@@ -49,7 +49,9 @@ def report_command(runs, output, force, title, load_options, device):
             raise UsageError(f"{output}: report writes an HTML page; give the output an .html "
                              "name, or a folder ending in '/'")
         check_output(output, force=force)
-    diagnosis = diagnose(load(list(runs), **load_options), device=device)
+    # Runs are read one at a time, and each keeps only the pair columns the page reads.
+    diagnosis = diagnose(load(list(runs), defer=True, **load_options), device=device,
+                         keep_columns=PAIR_COLUMNS_READ)
     if output is None:
         output = default_output(diagnosis.runs[0].name)
     elif folder:

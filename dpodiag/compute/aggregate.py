@@ -6,64 +6,90 @@ One row per (run, split, step). Columns shared with step logs keep their step-lo
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import polars as pl
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEYS = ["run", "split", "step"]
+# Rows of a step-ordered table sorted by STEP_KEY at a time (see `_step_slices`).
+SORT_WINDOW_ROWS = 500_000
+# The integer (split, step) key of `_step_key`, a temporary column of the aggregation.
+STEP_KEY = "_split_step"
+# grad_weight divided by its step's maximum, a temporary column of the aggregation.
+SCALED_WEIGHT = "_grad_weight_scaled"
 # Rows aggregated in memory at a time when the pair table is a streamed scan. A window contains
 # whole steps, so one step with more rows than this makes a larger window.
 WINDOW_ROWS = 1_000_000
 
 
-def _finite(column: str) -> pl.Expr:
-    """Replace NaN and Inf in the column by null, which every aggregation skips."""
+def _finite(column: str, finite: Collection[str] = ()) -> pl.Expr:
+    """Replace NaN and Inf in the column by null, which every aggregation skips. A column in
+    `finite` has no NaN or Inf and is returned as it is, which polars aggregates faster."""
     col = pl.col(column)
-    return pl.when(col.is_finite()).then(col)
+    return col if column in finite else pl.when(col.is_finite()).then(col)
 
 
-def _mean(column: str, alias: str | None = None) -> pl.Expr:
+def _mean(column: str, alias: str | None = None, finite: Collection[str] = ()) -> pl.Expr:
     """Mean over finite values only; NaN and Inf are counted separately."""
-    return _finite(column).mean().alias(alias or column)
+    return _finite(column, finite).mean().alias(alias or column)
 
 
-def _quantiles(column: str, prefix: str) -> list[pl.Expr]:
-    col = pl.col(column).filter(pl.col(column).is_finite())
+def _quantiles(column: str, prefix: str, finite: Collection[str] = ()) -> list[pl.Expr]:
+    col = pl.col(column) if column in finite else pl.col(column).filter(pl.col(column).is_finite())
     return [col.quantile(q, interpolation="linear").alias(f"{prefix}_q{int(q * 100):02d}")
             for q in QUANTILES]
 
 
-def aggregate_expressions(columns: set[str]) -> list[pl.Expr]:
-    """Build the per-step aggregations of a recomputed pair table with `columns`."""
+def finite_columns(pairs: pl.DataFrame, names: Collection[str]) -> set[str]:
+    """Return the float columns among `names` whose values (nulls aside) are all finite."""
+    floats = [name for name in names if name in pairs.columns and pairs.schema[name].is_float()]
+    if not floats:
+        return set()
+    checked = pairs.select(pl.col(name).is_finite().all() for name in floats).row(0)
+    return {name for name, all_finite in zip(floats, checked) if all_finite}
+
+
+def aggregate_expressions(columns: set[str], finite: Collection[str] = ()) -> list[pl.Expr]:
+    """Build the per-step aggregations of a recomputed pair table with `columns`.
+
+    `finite` names columns known to contain no NaN or Inf. Their aggregations skip the finiteness
+    test, which gives the same values faster.
+    """
+    def rewards(logratio: str, alias: str) -> pl.Expr:
+        value = pl.col("beta_used") * pl.col(logratio)
+        if logratio not in finite:
+            value = pl.when(pl.col(logratio).is_finite()).then(value)
+        return value.mean().alias(alias)
+
     exprs: list[pl.Expr] = [
         pl.len().alias("pairs"),
-        pl.when(pl.col("chosen_logratio").is_finite()).then(pl.col("beta_used") * pl.col("chosen_logratio"))
-        .mean().alias("rewards_chosen"),
-        pl.when(pl.col("rejected_logratio").is_finite()).then(pl.col("beta_used") * pl.col("rejected_logratio"))
-        .mean().alias("rewards_rejected"),
-        _mean("margin", "rewards_margins"),
+        rewards("chosen_logratio", "rewards_chosen"),
+        rewards("rejected_logratio", "rewards_rejected"),
+        _mean("margin", "rewards_margins", finite),
         # Over finite margins only (null when none), so a NaN step shows as a gap, not a collapse.
-        (_finite("margin") > 0).mean().alias("rewards_accuracies"),
-        _mean("chosen_logratio", "logratio_chosen"),
-        _mean("rejected_logratio", "logratio_rejected"),
-        _mean("loss_recomputed"),
-        _mean("probability", "probability_mean"),
-        _mean("grad_weight", "grad_weight_mean"),
+        (_finite("margin", finite) > 0).mean().alias("rewards_accuracies"),
+        _mean("chosen_logratio", "logratio_chosen", finite),
+        _mean("rejected_logratio", "logratio_rejected", finite),
+        _mean("loss_recomputed", finite=finite),
+        _mean("probability", "probability_mean", finite),
+        _mean("grad_weight", "grad_weight_mean", finite),
         _ess_fraction("grad_weight"),
         (~pl.col("margin").is_finite()).sum().alias("nonfinite_margins"),
-        *_quantiles("probability", "probability"),
-        *_quantiles("margin", "margin"),
+        *_quantiles("probability", "probability", finite),
+        *_quantiles("margin", "margin", finite),
     ]
     if "loss" in columns:
-        exprs += [_mean("loss"), (~pl.col("loss").is_finite()).sum().alias("nonfinite_loss")]
+        exprs += [_mean("loss", finite=finite), (~pl.col("loss").is_finite()).sum().alias("nonfinite_loss")]
     if {"policy_chosen_logps", "policy_rejected_logps"} <= columns:
-        exprs += [_mean("policy_chosen_logps", "logps_chosen"),
-                  _mean("policy_rejected_logps", "logps_rejected"),
+        exprs += [_mean("policy_chosen_logps", "logps_chosen", finite),
+                  _mean("policy_rejected_logps", "logps_rejected", finite),
                   (pl.col("policy_chosen_logps").is_finite() & pl.col("policy_rejected_logps").is_finite()
                    & (pl.col("policy_chosen_logps") > pl.col("policy_rejected_logps"))).mean()
                   .alias("ranking_accuracy")]
     if {"reference_chosen_logps", "reference_rejected_logps"} <= columns:
-        exprs += [_mean("reference_chosen_logps", "ref_logps_chosen"),
-                  _mean("reference_rejected_logps", "ref_logps_rejected")]
+        exprs += [_mean("reference_chosen_logps", "ref_logps_chosen", finite),
+                  _mean("reference_rejected_logps", "ref_logps_rejected", finite)]
     if "epoch" in columns:
         exprs.append(pl.col("epoch").max().alias("epoch"))
     return exprs
@@ -71,12 +97,25 @@ def aggregate_expressions(columns: set[str]) -> list[pl.Expr]:
 
 def _ess_fraction(column: str) -> pl.Expr:
     """(sum w)^2 / sum w^2 / n, with w divided by its maximum first so that tiny weights
-    (margins in the hundreds) do not underflow when squared; 0 when every weight is 0."""
-    weights = pl.col(column)
-    top = weights.max()
-    scaled = weights / top
+    (margins in the hundreds) do not underflow when squared; 0 when every weight is 0.
+
+    The divided weights are the column SCALED_WEIGHT, which `_group` adds before the group-by.
+    Dividing inside the aggregation broadcasts each group's maximum, which took polars 2.1 about
+    190 bytes of temporary memory per row (2.5 million rows grouped by split and step).
+    """
+    top = pl.col(column).max()
+    scaled = pl.col(SCALED_WEIGHT)
     return (pl.when(top > 0).then(scaled.sum() ** 2 / (scaled ** 2).sum() / pl.len())
             .otherwise(0.0).alias("ess_fraction"))
+
+
+def _group(pairs: pl.DataFrame, keys: list[str], exprs: list[pl.Expr]) -> pl.DataFrame:
+    """Group `pairs` by `keys` and aggregate `exprs`, with SCALED_WEIGHT added first."""
+    weights = pl.col("grad_weight")
+    scaled = (weights / weights.max().over(keys)).alias(SCALED_WEIGHT)
+    # Eager: the lazy engine runs the same query about twice as slowly, with 250 MB more
+    # temporary memory per 2.5 million rows (polars 2.1).
+    return pairs.with_columns(scaled).group_by(keys).agg(exprs)
 
 
 def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -90,8 +129,72 @@ def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """
     if isinstance(pairs, pl.LazyFrame):
         return _windowed_aggregates(pairs)
-    exprs = aggregate_expressions(set(pairs.columns))
-    return pairs.group_by(KEYS).agg(exprs).sort(KEYS)
+    exprs = aggregate_expressions(set(pairs.columns), finite_columns(pairs, pairs.columns))
+    key = _step_key(pairs)
+    if key is None:
+        return _group(pairs, KEYS, exprs).sort(KEYS)
+    encoded, run, splits = key
+    roots = {name for expr in exprs for name in expr.meta.root_names()} - {SCALED_WEIGHT}
+    frame = pairs.select(*sorted(roots | {"step"}), encoded)
+    steps = pl.concat([_group(_sorted_by_key(part), [STEP_KEY], exprs) for part in _step_slices(frame)])
+    count = len(splits)
+    split = (pl.col(STEP_KEY) % count).replace_strict(dict(enumerate(splits)), return_dtype=pl.Utf8)
+    step = (pl.col(STEP_KEY) // count).cast(pairs.schema["step"])
+    return (steps.select(pl.lit(run, dtype=pairs.schema["run"]).alias("run"), split.alias("split"),
+                         step.alias("step"), pl.exclude(STEP_KEY))
+            .sort(KEYS))
+
+
+def _sorted_by_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """Order `frame` by STEP_KEY and mark the key sorted. Rows ordered by the key make every
+    group a contiguous slice, which polars aggregates about three times faster than scattered
+    rows. The sort is stable, so each step keeps its row order."""
+    if frame.get_column(STEP_KEY).is_sorted():
+        return frame.with_columns(pl.col(STEP_KEY).set_sorted())
+    return frame.sort(STEP_KEY, maintain_order=True)
+
+
+def _step_slices(frame: pl.DataFrame):
+    """Yield `frame` in slices of whole steps of about SORT_WINDOW_ROWS rows when it is ordered
+    by step, else whole. Sorting a slice then copies that slice only."""
+    steps = frame.get_column("step")
+    if frame.height <= SORT_WINDOW_ROWS or not steps.is_sorted():
+        yield frame
+        return
+    start = 0
+    while start < frame.height:
+        # The window ends after the last row of the step at row start + SORT_WINDOW_ROWS.
+        probe = min(start + SORT_WINDOW_ROWS, frame.height - 1)
+        end = int(steps.search_sorted(steps[probe], side="right"))
+        yield frame.slice(start, end - start)
+        start = end
+
+
+def _step_key(pairs: pl.DataFrame) -> tuple[pl.Expr, str, list[str]] | None:
+    """Return an integer key that numbers each (split, step) of a one-run table, with the run
+    name and the split names it encodes; None when the table does not allow one.
+
+    The key is step * S + i, where i is the split's index among the S distinct split names.
+    Polars groups by one integer column faster than by a string and an integer, and with far
+    less temporary memory for the per-group quantiles (about 10 MB against 150 MB for 2.5
+    million rows with polars 2.1). A table with several run names, a missing split or a step
+    too large for the product falls back to grouping by KEYS.
+    """
+    if "run" not in pairs.columns or pairs.height == 0:
+        return None
+    runs = pairs.get_column("run").unique()
+    split = pairs.get_column("split")
+    if runs.len() != 1 or runs.null_count() or split.null_count():
+        return None
+    splits = sorted(split.unique().to_list())
+    low, high = pairs.get_column("step").min(), pairs.get_column("step").max()
+    if max(abs(low), abs(high)) >= (1 << 62) // len(splits):
+        return None
+    code = pl.lit(0, dtype=pl.Int64)
+    for index, name in enumerate(splits[1:], start=1):
+        code = code + (pl.col("split") == name).cast(pl.Int64) * index
+    encoded = (pl.col("step").cast(pl.Int64) * len(splits) + code).alias(STEP_KEY)
+    return encoded, runs[0], splits
 
 
 def step_windows(step_counts: pl.DataFrame, window_rows: int | None = None) -> list[tuple[int, int]]:
@@ -116,12 +219,13 @@ def step_windows(step_counts: pl.DataFrame, window_rows: int | None = None) -> l
 def _windowed_aggregates(pairs: pl.LazyFrame) -> pl.DataFrame:
     columns = set(pairs.collect_schema().names())
     exprs = aggregate_expressions(columns)
-    needed = sorted(set(KEYS) | {name for expr in exprs for name in expr.meta.root_names()})
+    roots = {name for expr in exprs for name in expr.meta.root_names()} - {SCALED_WEIGHT}
+    needed = sorted(set(KEYS) | roots)
     counts = pairs.group_by("step").agg(pl.len()).collect(engine="streaming")
     parts = []
     for first, last in step_windows(counts):
         window = pairs.filter(pl.col("step").is_between(first, last)).select(needed)
-        parts.append(window.collect(engine="streaming").group_by(KEYS).agg(exprs))
+        parts.append(_group(window.collect(engine="streaming"), KEYS, exprs))
     if not parts:
-        return pairs.select(needed).collect().group_by(KEYS).agg(exprs)
+        return _group(pairs.select(needed).collect(), KEYS, exprs)
     return pl.concat(parts).sort(KEYS)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from dpodiag.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # Intra-op threads of torch's CPU operations during an analysis. The recompute runs on chunks of
@@ -23,6 +25,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     Raises:
         UsageError: `name` is not one of DEVICE_CHOICES, or "cuda" is requested without CUDA.
     """
+    # torch is imported here, not with the module, so that the CLI's help and option parsing
+    # (which read DEVICE_CHOICES) do not import it.
+    import torch
+
     if name not in DEVICE_CHOICES:
         raise UsageError(f"expected --device to be one of {', '.join(DEVICE_CHOICES)}, got {name!r}")
     if name == "auto":
@@ -38,6 +44,8 @@ def cpu_threads(count: int = CPU_THREADS):
 
     The previous setting is restored on exit, so a training loop in the same process keeps its own.
     """
+    import torch
+
     previous = torch.get_num_threads()
     if previous == count:
         yield

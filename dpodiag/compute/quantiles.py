@@ -77,3 +77,29 @@ def _finite_order_statistic(finite: pl.LazyFrame, rank: int, low: float, high: f
         return float(low)
     selected = inside.select(pl.col(VALUE).sort()).collect(engine=engine).get_column(VALUE)
     return float(selected[rank])
+
+
+def median_above(table: pl.LazyFrame, value: pl.Expr, threshold: float, engine: str = "auto") -> bool | None:
+    """Return whether `median(table, value)` is above `threshold` or NaN, from counts alone;
+    None when the counts do not decide it.
+
+    With n values (nulls skipped) of which `above` are > threshold or NaN (NaN ranks highest),
+    the sorted values end with the `above` ones. For odd n the median is above exactly when
+    above >= (n + 1) / 2. For even n it is the midpoint of the values at ranks n/2 - 1 and n/2:
+    above when above > n/2, not above when above < n/2, and undecided when above == n/2. An
+    empty column is undecided too, and so is one with an infinite value, because polars
+    interpolates the median as low + (high - low) * fraction, which is NaN next to an infinity.
+    One counting scan replaces the median's selection.
+    """
+    values = table.select(value.alias(VALUE)).filter(pl.col(VALUE).is_not_null())
+    # Polars orders NaN above every number, so NaN > threshold counts NaN as above.
+    counts = values.select(pl.len().alias("count"), (pl.col(VALUE) > threshold).sum().alias("above"),
+                           pl.col(VALUE).is_infinite().any().alias("infinite"))
+    count, above, infinite = counts.collect(engine=engine).row(0)
+    if count == 0 or infinite:
+        return None
+    if count % 2:
+        return above >= (count + 1) // 2
+    if above == count // 2:
+        return None
+    return above > count // 2

@@ -22,11 +22,13 @@ HEAD_BYTES = 4096
 
 def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
               flags: dict | None = None, dialect: str | None = None,
-              run_name: str | None = None, streaming: bool | None = None) -> list[Run]:
+              run_name: str | None = None, streaming: bool | None = None,
+              defer: bool = False) -> list[Run]:
     """Read every run in `path` (a file or a folder) into canonical Runs.
 
     `streaming` applies to pair logs: True keeps their tables as LazyFrames over the file, False
-    reads them into memory, None decides by size (see `dpodiag.io.budget`).
+    reads them into memory, None decides by size (see `dpodiag.io.budget`). `defer` leaves the
+    in-memory reads of a file with several runs to `Run.materialise` (see `read_pair_log`).
 
     Raises:
         InputError: the path is missing, unreadable or in no supported format.
@@ -36,10 +38,10 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
         raise InputError(path, "no such file or folder", "check the path")
     if path.is_dir():
         return _load_folder(path, column_map=column_map, flags=flags, dialect=dialect,
-                            streaming=streaming)
+                            streaming=streaming, defer=defer)
     head = _check_file(path)
     runs = _load_file(path, head, column_map=column_map, flags=flags, dialect=dialect,
-                      run_name=run_name, streaming=streaming)
+                      run_name=run_name, streaming=streaming, defer=defer)
     if dialect is not None:
         for run in runs:
             if run.level != "steps":
@@ -55,7 +57,7 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
 
 def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
                flags: dict | None, dialect: str | None, run_name: str | None,
-               streaming: bool | None = None) -> list[Run]:
+               streaming: bool | None = None, defer: bool = False) -> list[Run]:
     """Read one file with the reader its name and content select."""
     if path.suffix.lower() in (".parquet", ".pq") and canonical_level(path) == "steps":
         return read_canonical_steps(path, flags)
@@ -66,7 +68,7 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
     step_reader = None if pair_columns else _step_reader()
     if pair_format(path) and (pair_columns or step_reader is None or not step_reader.sniff_step_log(path)):
         return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name,
-                             streaming=streaming)
+                             streaming=streaming, defer=defer)
     # A file that no sniffer recognises but whose name is a step-log name (train.log,
     # trainer_state.json) goes to the step reader too, whose error names what is missing.
     named_as_log = logical_suffix(path) in getattr(step_reader, "FALLBACK_BY_SUFFIX", {})
@@ -173,7 +175,7 @@ def _pair_shards(path: Path, column_map: dict[str, str] | None) -> list[Path]:
 
 def _load_shards(path: Path, shards: list[Path], *, column_map: dict[str, str] | None = None,
                  flags: dict | None = None, dialect: str | None = None,
-                 streaming: bool | None = None) -> list[Run]:
+                 streaming: bool | None = None, defer: bool = False) -> list[Run]:
     """Read the pair-log shards of one folder as one run named after the folder.
 
     A run column inside the shards still splits them into one Run per name.
@@ -190,7 +192,7 @@ def _load_shards(path: Path, shards: list[Path], *, column_map: dict[str, str] |
             raise InputError(shard, f"its {METADATA_KEY!r} metadata differs from {shards[0].name}'s, so "
                              "the shards are not one run", "move the shards of each run to their own folder")
     runs = read_pair_log(path, column_map=column_map, flags=flags, run_name=path.name, shards=shards,
-                         streaming=streaming)
+                         streaming=streaming, defer=defer)
     for run in runs:
         run.notes.insert(0, f"read {len(shards)} shards {path.name}/part-*.parquet as one run")
     return runs

@@ -40,11 +40,6 @@ def at_last_step(value: pl.Expr) -> pl.Expr:
     return value.max_by("step")
 
 
-def at_first_step(value: pl.Expr) -> pl.Expr:
-    """Return the value at an example's first scored step (of a record repeated at that step, the first)."""
-    return value.min_by("step")
-
-
 def rows_at(data: RunData, keys: pl.DataFrame) -> pl.DataFrame:
     """Return the pair rows at the (split, example_id, step) of `keys`, one per key (the first row of a
     repeated record), in the order of `keys`."""
@@ -54,15 +49,44 @@ def rows_at(data: RunData, keys: pl.DataFrame) -> pl.DataFrame:
     return keys.select(EXAMPLE_KEY).join(rows, on=EXAMPLE_KEY, how="left", maintain_order="left")
 
 
-def largest_loss(data: RunData) -> list[dict[str, Any]]:
+# The step of a scoring whose margin is finite and not 0, else null. A flip compares those scorings.
+SIDED_STEP = "sided_step"
+
+
+def example_ends(data: RunData) -> pl.DataFrame:
+    """Return one row per (split, example_id) with an id, with what both drill-down tables need,
+    from one group-by over the pair table.
+
+    Columns: `last_step` and `display_loss` (the loss at the last scoring) for the largest
+    losses. For the flips, over scorings with a finite, non-zero margin only: `first_step` and
+    `step`, and the margin, probability and lengths at them. An example with no such scoring
+    has nulls there, because min_by and max_by skip the null SIDED_STEP of the other scorings.
+    """
+    columns = data.pair_columns
+    lengths = [c for c in ("chosen_length", "rejected_length") if c in columns]
+    sided = pl.col("margin").is_finite() & (pl.col("margin") != 0)
+    prepared = data.scan_pairs().filter(pl.col("example_id").is_not_null()).select(
+        *EXAMPLE_KEY, "step", pl.when(sided).then(pl.col("step")).alias(SIDED_STEP), "margin", "probability",
+        loss_expression(columns).alias("display_loss"), *lengths)
+    first, last = pl.col(SIDED_STEP).min(), pl.col(SIDED_STEP).max()
+    return data.collect(prepared.group_by(EXAMPLE_KEY).agg(
+        pl.col("step").max().alias("last_step"), at_last_step(pl.col("display_loss")),
+        first.alias("first_step"), last.alias("step"),
+        pl.col("margin").min_by(SIDED_STEP).alias("first_margin"), pl.col("margin").max_by(SIDED_STEP),
+        pl.col("probability").min_by(SIDED_STEP).alias("first_probability"),
+        pl.col("probability").max_by(SIDED_STEP),
+        *(pl.col(c).max_by(SIDED_STEP) for c in lengths)))
+
+
+def largest_loss(data: RunData, ends: pl.DataFrame | None = None) -> list[dict[str, Any]]:
     """Return the ROWS_PER_TABLE pairs with the largest loss at their last scoring (without ids,
-    the pairs of each split's last step)."""
+    the pairs of each split's last step). `ends` is `example_ends(data)`, computed when None."""
     pairs, display = data.scan_pairs(), loss_expression(data.pair_columns).alias("display_loss")
     order = {"by": ["display_loss", *EXAMPLE_KEY], "descending": [True, False, False], "maintain_order": True}
     if has_example_ids(data):
-        last = (pairs.filter(pl.col("example_id").is_not_null()).group_by(EXAMPLE_KEY)
-                .agg(pl.col("step").max(), at_last_step(display)))
-        top = data.collect(last.filter(pl.col("display_loss").is_finite()).sort(**order).head(ROWS_PER_TABLE))
+        ends = example_ends(data) if ends is None else ends
+        last = ends.lazy().select(*EXAMPLE_KEY, pl.col("last_step").alias("step"), "display_loss")
+        top = last.filter(pl.col("display_loss").is_finite()).sort(**order).head(ROWS_PER_TABLE).collect()
         rows = rows_at(data, top).with_columns(top.get_column("display_loss"))
     else:
         last_step = pairs.group_by("split").agg(pl.col("step").max().alias("last_step"))
@@ -72,31 +96,24 @@ def largest_loss(data: RunData) -> list[dict[str, Any]]:
     return [example_row(row, loss=row["display_loss"]) for row in rows.iter_rows(named=True)]
 
 
-def largest_flips(data: RunData) -> list[dict[str, Any]] | None:
+def largest_flips(data: RunData, ends: pl.DataFrame | None = None) -> list[dict[str, Any]] | None:
     """Examples whose preferred side changed between first and last scoring, largest change in p first.
 
-    Scorings with a margin of exactly 0 are skipped. Returns None without example ids, since an
-    example cannot then be followed across steps.
+    Scorings with a margin of exactly 0 (every pair before the first update), a tie rather than a
+    side, are skipped. Returns None without example ids, since an example cannot then be followed
+    across steps. `ends` is `example_ends(data)`, computed when None.
     """
     if not has_example_ids(data):
         return None
-    # A margin of exactly 0 (every pair before the first update) is a tie, not a side.
-    ordered = data.scan_pairs().filter(pl.col("example_id").is_not_null() & pl.col("margin").is_finite()
-                                       & (pl.col("margin") != 0))
-    lengths = [c for c in ("chosen_length", "rejected_length") if c in data.pair_columns]
-    ends = ordered.group_by(EXAMPLE_KEY).agg(
-        pl.col("step").min().alias("first_step"), pl.col("step").max().alias("step"),
-        at_first_step(pl.col("margin")).alias("first_margin"), at_last_step(pl.col("margin")),
-        at_first_step(pl.col("probability")).alias("first_probability"), at_last_step(pl.col("probability")),
-        *(at_last_step(pl.col(c)) for c in lengths))
+    ends = example_ends(data) if ends is None else ends
 
     # A flip changes the sign of the margin; rank by how far p moved.
-    flips = (ends.filter((pl.col("step") > pl.col("first_step"))
-                         & ((pl.col("first_margin") > 0) != (pl.col("margin") > 0)))
+    flips = (ends.lazy().filter((pl.col("step") > pl.col("first_step"))
+                                & ((pl.col("first_margin") > 0) != (pl.col("margin") > 0)))
              .with_columns((pl.col("probability") - pl.col("first_probability")).alias("change"))
              .sort([pl.col("change").abs(), *EXAMPLE_KEY], descending=[True, False, False], maintain_order=True)
              .head(ROWS_PER_TABLE))
-    flips = data.collect(flips)
+    flips = flips.collect()
     text_columns = [c for c in TEXT_COLUMNS if c in data.pair_columns]
     if text_columns and flips.height:
         texts = rows_at(data, flips).select(text_columns)
@@ -127,6 +144,8 @@ def drilldown(runs: list[RunData]) -> list[dict[str, Any]]:
         if data.pairs is None:
             sections.append({"name": data.name, "pairs": False})
             continue
-        sections.append({"name": data.name, "pairs": True, "has_ids": has_example_ids(data),
-                         "largest_loss": largest_loss(data), "flips": largest_flips(data)})
+        has_ids = has_example_ids(data)
+        ends = example_ends(data) if has_ids else None
+        sections.append({"name": data.name, "pairs": True, "has_ids": has_ids,
+                         "largest_loss": largest_loss(data, ends), "flips": largest_flips(data, ends)})
     return sections

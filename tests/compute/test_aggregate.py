@@ -47,3 +47,55 @@ def test_nonfinite_pairs_are_counted_not_averaged(recomputed):
     agg = step_aggregates(broken)
     assert agg["nonfinite_margins"].sum() == 1
     assert agg["rewards_margins"].is_finite().all()
+
+
+def test_integer_key_matches_string_keys(recomputed):
+    # Two run names disable the integer (split, step) key, so the result comes from a group-by
+    # over (run, split, step). Each half must equal the one-run result of the key path.
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    one_run = step_aggregates(recomputed)
+    two_runs = step_aggregates(pl.concat([recomputed, recomputed.with_columns(run=pl.lit("s"))]))
+    assert_frame_equal(two_runs.filter(pl.col("run") == "r"), one_run)
+    assert two_runs.filter(pl.col("run") == "s").height == one_run.height
+
+
+def test_unsorted_splits_and_negative_steps(recomputed):
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    shuffled = recomputed.with_columns(pl.col("step") - 3).sample(fraction=1.0, shuffle=True, seed=7)
+    expected = step_aggregates(pl.concat([shuffled, shuffled.with_columns(run=pl.lit("s"))]))
+    assert_frame_equal(step_aggregates(shuffled), expected.filter(pl.col("run") == "r"))
+
+
+def test_nonfinite_columns_match_finite_path(recomputed):
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    # A NaN in one row of one step makes these columns take the finiteness test. The other
+    # steps must keep the values of the table without it.
+    broken = recomputed.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(float("nan")).otherwise(pl.col(name)).alias(name)
+        for name in ("margin", "probability", "chosen_logratio", "loss_recomputed"))
+    first_step = recomputed.row(0, named=True)
+    other_steps = (pl.col("split") != first_step["split"]) | (pl.col("step") != first_step["step"])
+    assert_frame_equal(step_aggregates(broken).filter(other_steps),
+                       step_aggregates(recomputed).filter(other_steps), check_exact=False)
+
+
+def test_step_slices_match_whole_table(recomputed, monkeypatch):
+    import polars as pl
+    from polars.testing import assert_frame_equal
+
+    from dpodiag.compute import aggregate
+
+    whole = step_aggregates(recomputed)
+    # Slices of a few rows cut between many steps, and each still contains whole steps.
+    monkeypatch.setattr(aggregate, "SORT_WINDOW_ROWS", 5)
+    assert recomputed.get_column("step").is_sorted()
+    assert_frame_equal(step_aggregates(recomputed), whole)
+    assert_frame_equal(step_aggregates(recomputed.sort("step", descending=True)).sort(aggregate.KEYS), whole,
+                       check_exact=False)
+    assert pl.concat(list(aggregate._step_slices(recomputed.with_columns(_split_step=0)))).height == recomputed.height
