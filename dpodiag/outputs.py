@@ -73,8 +73,12 @@ def write_atomic(path: str | Path, data: bytes, *, force: bool = False) -> Path:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except OSError as exc:
-        fix = ("free disk space or choose another folder" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-               else "choose a folder you can write to")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free disk space or choose another folder"
+        elif exc.errno == errno.EFBIG:
+            fix = "raise the file size limit (ulimit -f) or choose another folder"
+        else:
+            fix = "choose a folder you can write to"
         raise OutputError(f"{path}: cannot write the file ({exc.strerror}); {fix}") from None
     finally:
         temporary.unlink(missing_ok=True)

@@ -109,8 +109,8 @@ def test_failed_write_leaves_nothing(big_log):
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 2
     assert stderr.strip().splitlines() == [
-        "dpodiag: error: out/report.html: cannot write the file (File too large); free space or "
-        "choose a folder you can write to"]
+        "dpodiag: error: out/report.html: cannot write the file (File too large); raise the file "
+        "size limit (ulimit -f) or choose another folder"]
     assert leftovers(folder) == []
 
 
