@@ -37,9 +37,13 @@ def write_canonical(runs: list[Run], path: str | Path, *, force: bool = False) -
     if len(levels) > 1:
         raise UsageError("the input mixes pair and step logs; convert them one at a time")
     table = pl.concat([run.table for run in runs], how="diagonal_relaxed").to_arrow()
-    # The metadata of the first run stands for the file; runs with other metadata keep theirs
-    # only through the run column.
+    # The first run's metadata stands for the file, for readers that know one run per file; each
+    # run's own metadata is stored under "runs", by run name.
     meta = canonical_metadata(runs[0])
+    if len(runs) > 1:
+        # Stacking fills a column that one run lacks with nulls; "columns" tells them apart.
+        meta["runs"] = {run.name: {**canonical_metadata(run), "columns": run.table.columns}
+                        for run in runs}
     table = table.replace_schema_metadata({"dpodiag": json.dumps(meta)})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")

@@ -232,10 +232,14 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
         raise Skip("needs chosen_length and rejected_length")
     if data.run.meta.logps_normalisation == "mean":
         raise Skip("log-probs are per-token averages, which do not scale with length")
-    column = "reference_chosen_logps" if "reference_chosen_logps" in columns else "policy_chosen_logps"
-    other = column.replace("chosen", "rejected")
-    if column not in columns:
+    # The reference columns of a reference-free run stacked with others are all null.
+    candidates = [c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in columns]
+    present = data.collect(pairs.select(pl.col(c).is_not_null().any() for c in candidates)) \
+        if candidates else None
+    column = next((c for c in candidates if present.get_column(c).item()), None)
+    if column is None:
         raise Skip("needs sequence log-probs")
+    other = column.replace("chosen", "rejected")
 
     # Per-step correlation of |log-prob| with length, chosen and rejected pooled.
     def pooled(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -253,7 +257,10 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
     implausible = median_above(pooled(pairs), per_token_nats, PLAUSIBLE_PER_TOKEN_NATS, data.engine)
     per_token = None
     if implausible is None:
-        per_token = float(median(pooled(pairs), per_token_nats, data.engine))
+        value = median(pooled(pairs), per_token_nats, data.engine)
+        if value is None:
+            raise Skip("no finite sequence log-prob with a length")
+        per_token = float(value)
         implausible = not per_token <= PLAUSIBLE_PER_TOKEN_NATS
     if per_step.height < 3 and not implausible:
         raise Skip("too few steps with varying response lengths")

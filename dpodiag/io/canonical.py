@@ -35,7 +35,9 @@ def read_canonical_steps(path: Path, flags: dict | None = None) -> list[Run]:
         raise InputError(path, f"missing column {missing[0]!r} in a canonical step table",
                          "write it again with dpodiag convert")
     runs = []
+    file_stored = stored
     for (name,), part in table.group_by("run", maintain_order=True):
+        stored = (file_stored.get("runs") or {}).get(str(name), file_stored)
         meta = RunMeta()
         meta.update(validate_meta(stored, str(path), InputError), "metadata")
         for field, source in (stored.get("sources") or {}).items():

@@ -74,7 +74,23 @@ def read_parquet_meta(path: Path, key_value: dict[bytes, bytes] | None) -> dict[
     if not isinstance(values, dict):
         raise InputError(path, f"parquet metadata key {METADATA_KEY!r} is not a JSON object",
                          "rewrite it as a JSON object")
-    return validate_meta(values, str(path), InputError)
+    clean = validate_meta(values, str(path), InputError)
+    # `dpodiag convert` of several runs stores each run's metadata under "runs", by run name.
+    runs = values.get("runs")
+    if isinstance(runs, dict):
+        clean["runs"] = {}
+        for name, entry in runs.items():
+            if not isinstance(entry, dict):
+                continue
+            clean["runs"][str(name)] = validate_meta(entry, f"{path} (run {name})", InputError)
+            if isinstance(entry.get("columns"), list):
+                clean["runs"][str(name)]["columns"] = [str(c) for c in entry["columns"]]
+    return clean
+
+
+def run_entry(file_meta: dict[str, Any], run: str) -> dict[str, Any]:
+    """Return the metadata of one run of a file: its own entry under "runs", else the file's."""
+    return file_meta.get("runs", {}).get(run, file_meta)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

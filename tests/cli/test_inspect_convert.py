@@ -63,3 +63,24 @@ def test_convert_refuses_to_overwrite(tmp_path):
     assert result.returncode == 2
     assert "file exists; pass --force" in result.stderr
     assert out.read_bytes() == b"keep me"
+
+
+def test_convert_folder_keeps_each_runs_metadata(tmp_path):
+    import shutil
+
+    import dpodiag as api
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for name in ("healthy", "simpo-reference-free"):
+        shutil.copy(SAMPLE_LOGS / f"{name}.parquet", folder)
+    result = dpodiag("convert", folder, "-o", tmp_path / "both.parquet")
+    assert result.returncode == 0, result.stderr
+    runs = {run.name: run for run in api.load(tmp_path / "both.parquet")}
+    assert (runs["healthy"].meta.beta, runs["healthy"].meta.loss_type) == (0.1, "sigmoid")
+    assert (runs["simpo-reference-free"].meta.beta, runs["simpo-reference-free"].meta.loss_type) == (2.0, "simpo")
+    # The SimPO run has no reference columns; stacking must not give it null ones.
+    assert "reference_chosen_logps" not in runs["simpo-reference-free"].table.columns
+    converted = api.diagnose(list(runs.values()), device="cpu")
+    separate = api.diagnose(api.load(sorted(folder.iterdir())), device="cpu")
+    assert sorted((f.run, f.code) for f in converted.findings) == sorted((f.run, f.code) for f in separate.findings)
