@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,9 @@ import pyarrow.parquet as pq
 
 from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
-from dpodiag.io.pairs import looks_like_pair_log, pair_format, read_pair_log
+from dpodiag.io.pairs import (
+    check_required, looks_like_pair_log, map_columns, pair_format, read_pair_log,
+)
 from dpodiag.io.unpaired import looks_like_unpaired_log, read_unpaired_log
 from dpodiag.io.source import gzip_is_cut, logical_suffix, read_head, reject_other_separator, reject_utf16
 from dpodiag.schema import Run
@@ -69,6 +72,8 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
     if pair_format(path) and (pair_columns or step_reader is None or not step_reader.sniff_step_log(path)):
         return read_pair_log(path, column_map=column_map, flags=flags, run_name=run_name,
                              streaming=streaming, defer=defer)
+    if not pair_format(path):
+        _reject_pair_records(path, head, column_map)
     # A file that no sniffer recognises but whose name is a step-log name (train.log,
     # trainer_state.json) goes to the step reader too, whose error names what is missing.
     named_as_log = logical_suffix(path) in getattr(step_reader, "FALLBACK_BY_SUFFIX", {})
@@ -82,6 +87,35 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
     raise InputError(path, kind, "pass a pair log (.parquet, .csv, .jsonl, also gzip-compressed) "
                      "or a trainer step log (trainer_state.json, console output, "
                      "trainer_log.jsonl, TensorBoard events, a W&B run file or CSV export)")
+
+
+def _reject_pair_records(path: Path, head: bytes, column_map: dict[str, str] | None) -> None:
+    """Raise when a file that is not named as a table holds per-pair records in JSON.
+
+    Per-pair rows read as a console log would lose every row with a null field, and a JSON
+    array of them is not a trainer log, so both are reported with the name they need.
+    """
+    text = head.decode("utf-8", errors="replace").lstrip()
+    first_line = text.split("\n", 1)[0].strip()
+    if first_line.startswith("{"):
+        kind, fix = "JSON Lines", "rename it to .jsonl (or .jsonl.gz) so it is read as a pair log"
+        record = first_line
+    elif text.startswith("[") and logical_suffix(path) == ".json":
+        kind = "a JSON array"
+        fix = ("write it as JSON Lines (.jsonl) or parquet, e.g. "
+               "polars.read_json(path).write_ndjson('pairs.jsonl')")
+        start = text.find("{")
+        end = text.find("}", start)
+        record = text[start:end + 1] if start >= 0 and end > start else ""
+    else:
+        return
+    try:
+        names = list(json.loads(record))
+        check_required(path, map_columns(path, names, column_map))
+    except (ValueError, TypeError, InputError):
+        return
+    raise InputError(path, f"holds per-pair records as {kind} (columns {', '.join(names[:6])}, ...)",
+                     fix)
 
 
 def _check_file(path: Path) -> bytes:

@@ -145,3 +145,19 @@ def test_dialect_on_pair_log_is_noted():
     (run,) = load_runs(SAMPLE_LOGS / "healthy.parquet", dialect="trl")
     assert run.level == "pairs"
     assert any("--dialect trl was not applied" in note for note in run.notes)
+
+
+@pytest.mark.parametrize("name", ["pairs.txt", "pairs.log"])
+def test_jsonl_pairs_under_text_name_rejected(tmp_path, name):
+    path = tmp_path / name
+    make_pairs(steps=3).write_ndjson(path)
+    with pytest.raises(InputError, match=rf"{name}: holds per-pair records as JSON Lines .*; "
+                                         r"rename it to \.jsonl"):
+        load_runs(path)
+
+
+def test_json_array_of_pairs_rejected(tmp_path):
+    path = tmp_path / "pairs.json"
+    make_pairs(steps=3).write_json(path)
+    with pytest.raises(InputError, match=r"pairs\.json: holds per-pair records as a JSON array"):
+        load_runs(path)
