@@ -84,8 +84,10 @@ def aggregate_expressions(columns: set[str], finite: Collection[str] = ()) -> li
     if {"policy_chosen_logps", "policy_rejected_logps"} <= columns:
         exprs += [_mean("policy_chosen_logps", "logps_chosen", finite),
                   _mean("policy_rejected_logps", "logps_rejected", finite),
-                  (pl.col("policy_chosen_logps").is_finite() & pl.col("policy_rejected_logps").is_finite()
-                   & (pl.col("policy_chosen_logps") > pl.col("policy_rejected_logps"))).mean()
+                  # Over pairs with finite log-probs only (null when none), like rewards_accuracies.
+                  pl.when(pl.col("policy_chosen_logps").is_finite()
+                          & pl.col("policy_rejected_logps").is_finite())
+                  .then(pl.col("policy_chosen_logps") > pl.col("policy_rejected_logps")).mean()
                   .alias("ranking_accuracy")]
     if {"reference_chosen_logps", "reference_rejected_logps"} <= columns:
         exprs += [_mean("reference_chosen_logps", "ref_logps_chosen", finite),

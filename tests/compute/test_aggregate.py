@@ -49,6 +49,20 @@ def test_nonfinite_pairs_are_counted_not_averaged(recomputed):
     assert agg["rewards_margins"].is_finite().all()
 
 
+def test_ranking_accuracy_skips_nonfinite_pairs(recomputed):
+    import polars as pl
+    first = recomputed.filter(pl.col("split") == "train").get_column("step").min()
+    broken = recomputed.with_columns(
+        pl.when((pl.col("step") == first) & (pl.col("split") == "train"))
+        .then(float("nan")).otherwise(pl.col("policy_chosen_logps")).alias("policy_chosen_logps"))
+    agg = step_aggregates(broken)
+    step = agg.filter((pl.col("step") == first) & (pl.col("split") == "train"))
+    # Every pair of the step is NaN: a gap in the chart, not an accuracy of 0.
+    assert step.item(0, "ranking_accuracy") is None
+    others = agg.filter(pl.col("step") != first)
+    assert others.get_column("ranking_accuracy").is_not_null().all()
+
+
 def test_integer_key_matches_string_keys(recomputed):
     # Two run names disable the integer (split, step) key, so the result comes from a group-by
     # over (run, split, step). Each half must equal the one-run result of the key path.
