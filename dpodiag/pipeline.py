@@ -58,12 +58,18 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
     for path in paths:
         runs.extend(load_runs(path, **options))
     seen: dict[str, int] = {}
+    sources: dict[str, str] = {}
     for run in runs:
         count = seen.get(run.name, 0) + 1
         seen[run.name] = count
         if count > 1:
-            run.name = f"{run.name}-{count}"
+            original = run.name
+            run.name = f"{original}-{count}"
             run.table = run.table.with_columns(pl.lit(run.name).alias("run"))
+            same = " (the same file was passed twice)" if run.source == sources[original] else ""
+            run.notes.append(f"renamed from {original}, because an earlier run has that name{same}")
+        else:
+            sources[run.name] = run.source
     return runs
 
 

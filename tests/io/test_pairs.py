@@ -5,6 +5,8 @@ import json
 import polars as pl
 import pytest
 
+import dpodiag
+
 from dpodiag.errors import InputError, UsageError
 from dpodiag.io import load_runs
 from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
@@ -161,3 +163,11 @@ def test_json_array_of_pairs_rejected(tmp_path):
     make_pairs(steps=3).write_json(path)
     with pytest.raises(InputError, match=r"pairs\.json: holds per-pair records as a JSON array"):
         load_runs(path)
+
+
+def test_same_file_twice_is_renamed_with_note():
+    first, second = dpodiag.load([SAMPLE_LOGS / "healthy.parquet"] * 2)
+    assert (first.name, second.name) == ("healthy", "healthy-2")
+    assert second.table.get_column("run").unique().to_list() == ["healthy-2"]
+    assert any("the same file was passed twice" in note for note in second.notes)
+    assert not any("renamed" in note for note in first.notes)
