@@ -37,11 +37,11 @@ def write_canonical(runs: list[Run], path: str | Path, *, force: bool = False) -
     if len(levels) > 1:
         raise UsageError("the input mixes pair and step logs; convert them one at a time")
     table = pl.concat([run.table for run in runs], how="diagonal_relaxed").to_arrow()
-    # The first run's metadata stands for the file, for readers that know one run per file; each
+    # The first run's metadata is the file's, for readers that expect one run per file. Each
     # run's own metadata is stored under "runs", by run name.
     meta = canonical_metadata(runs[0])
     if len(runs) > 1:
-        # Stacking fills a column that one run lacks with nulls; "columns" tells them apart.
+        # Stacking fills a column that one run lacks with nulls, so "columns" lists each run's own.
         meta["runs"] = {run.name: {**canonical_metadata(run), "columns": run.table.columns}
                         for run in runs}
     table = table.replace_schema_metadata({"dpodiag": json.dumps(meta)})

@@ -9,5 +9,5 @@ def counted(number: int, noun: str) -> str:
 
 
 def step_range(first: int | None, last: int | None) -> str:
-    """Return "steps 1-80", or "step 10" when the log holds one step."""
+    """Return "steps 1-80", or "step 10" when the log contains one step."""
     return f"step {first}" if first == last else f"steps {first}-{last}"

@@ -90,7 +90,7 @@ def _load_file(path: Path, head: bytes, *, column_map: dict[str, str] | None,
 
 
 def _reject_pair_records(path: Path, head: bytes, column_map: dict[str, str] | None) -> None:
-    """Raise when a file that is not named as a table holds per-pair records in JSON.
+    """Raise when a file that is not named as a table contains per-pair records in JSON.
 
     Per-pair rows read as a console log would lose every row with a null field, and a JSON
     array of them is not a trainer log, so both are reported with the name they need.
@@ -114,7 +114,7 @@ def _reject_pair_records(path: Path, head: bytes, column_map: dict[str, str] | N
         check_required(path, map_columns(path, names, column_map))
     except (ValueError, TypeError, InputError):
         return
-    raise InputError(path, f"holds per-pair records as {kind} (columns {', '.join(names[:6])}, ...)",
+    raise InputError(path, f"contains per-pair records as {kind} (columns {', '.join(names[:6])}, ...)",
                      fix)
 
 

@@ -153,7 +153,7 @@ def test_dialect_on_pair_log_is_noted():
 def test_jsonl_pairs_under_text_name_rejected(tmp_path, name):
     path = tmp_path / name
     make_pairs(steps=3).write_ndjson(path)
-    with pytest.raises(InputError, match=rf"{name}: holds per-pair records as JSON Lines .*; "
+    with pytest.raises(InputError, match=rf"{name}: contains per-pair records as JSON Lines .*; "
                                          r"rename it to \.jsonl"):
         load_runs(path)
 
@@ -161,7 +161,7 @@ def test_jsonl_pairs_under_text_name_rejected(tmp_path, name):
 def test_json_array_of_pairs_rejected(tmp_path):
     path = tmp_path / "pairs.json"
     make_pairs(steps=3).write_json(path)
-    with pytest.raises(InputError, match=r"pairs\.json: holds per-pair records as a JSON array"):
+    with pytest.raises(InputError, match=r"pairs\.json: contains per-pair records as a JSON array"):
         load_runs(path)
 
 
