@@ -47,3 +47,49 @@ def test_summary_after_hash_collision(monkeypatch):
     collided = sorted_summary(analysed(with_ids()))
     # The mean |reference| sums in another order, so it may differ in the last bits.
     assert_frame_equal(collided, expected, check_exact=False, rel_tol=1e-12)
+
+
+def expected_summary(data) -> pl.DataFrame:
+    """The summary written as plain aggregations over the text key."""
+    finite = lambda name: pl.col(name).filter(pl.col(name).is_finite())
+    same = ((pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps"))
+            & pl.col("policy_chosen_logps").is_finite()).fill_null(False)
+    query = data.scan_pairs().group_by(per_example.EXAMPLE_KEY).agg(
+        pl.len().alias("rows"), pl.col("example_id").is_not_null().any().alias("identified"),
+        same.all().alias("same"),
+        finite("policy_chosen_logps").count().alias("policy_scored"),
+        (finite("policy_chosen_logps").max() - finite("policy_chosen_logps").min()).alias("policy_spread"),
+        finite("reference_chosen_logps").count().alias("reference_scored"),
+        (finite("reference_chosen_logps").max() - finite("reference_chosen_logps").min()).alias("reference_spread"),
+        finite("reference_chosen_logps").abs().mean().alias("reference_size"))
+    return data.collect(query).drop(per_example.EXAMPLE_KEY)
+
+
+def summaries(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    data = analysed(frame)
+    summary = per_example.example_summary(data)
+    expected = expected_summary(data).select(summary.columns)
+    return summary.sort(summary.columns), expected.sort(summary.columns)
+
+
+def test_summary_of_complete_table():
+    summary, expected = summaries(make_pairs(eval_every=5))
+    assert_frame_equal(summary, expected, check_exact=False, rel_tol=1e-12)
+
+
+def test_summary_with_gaps_and_identical_pairs():
+    # NaN policy and null reference log-probs in some rows, and one example whose chosen and
+    # rejected are identical at every scoring.
+    frame = with_ids().with_row_index("row")
+    twin = pl.col("example_id") == "train-1"
+    frame = frame.with_columns(
+        pl.when((pl.col("row") % 7 == 0) & ~twin).then(float("nan")).otherwise(pl.col("policy_chosen_logps"))
+        .alias("policy_chosen_logps"),
+        pl.when(pl.col("row") % 5 == 0).then(None).otherwise(pl.col("reference_chosen_logps"))
+        .alias("reference_chosen_logps"),
+        pl.when(twin).then(pl.col("policy_chosen_logps")).otherwise(pl.col("policy_rejected_logps"))
+        .alias("policy_rejected_logps")).drop("row")
+    summary, expected = summaries(frame)
+    assert summary.get_column("same").sum() == 1
+    assert summary.get_column("policy_scored").sum() < summary.get_column("rows").sum()
+    assert_frame_equal(summary, expected, check_exact=False, rel_tol=1e-12)
