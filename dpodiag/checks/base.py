@@ -64,21 +64,21 @@ class RunData:
         return self.run.name
 
     def narrow_pairs(self, columns: Collection[str]) -> None:
-        """Keep only `columns` of an in-memory pair table and release the run's table. The step
-        table and the run's summary stay, and so does a streamed pair table."""
+        """Keep only `columns` of an in-memory pair table, in compact types, and release the run's
+        table. The step table and the run's summary stay, and so does a streamed pair table."""
         if isinstance(self.pairs, pl.DataFrame):
-            kept = [name for name in self.pairs.columns if name in columns]
+            selected = [name for name in self.pairs.columns if name in columns]
             # The page draws these values with 4 significant digits, so float32 loses nothing
             # it shows, and halves what each run holds while the others are read.
-            compact = [pl.col(name).cast(pl.Float32) for name in kept
+            compact = [pl.col(name).cast(pl.Float32) for name in selected
                        if self.pairs.schema[name] == pl.Float64 and name in DISPLAY_ONLY]
             # Steps and token lengths below 2**31 fit in 32 bits exactly.
-            compact += [pl.col(name).cast(pl.Int32) for name in kept
+            compact += [pl.col(name).cast(pl.Int32) for name in selected
                         if self.pairs.schema[name] == pl.Int64 and name in SMALL_INTEGERS
                         and self.pairs.get_column(name).abs().max() < 2 ** 31]
-            if "split" in kept and self.pairs.schema["split"] == pl.String:
+            if "split" in selected and self.pairs.schema["split"] == pl.String:
                 compact.append(pl.col("split").cast(pl.Categorical))
-            self.pairs = self.pairs.select(kept).with_columns(compact)
+            self.pairs = self.pairs.select(selected).with_columns(compact)
         self.cache.clear()
         self.run.release_table()
 
