@@ -171,7 +171,7 @@ class Run:
 
     def release_table(self) -> None:
         """Replace an in-memory table by an empty one with the same columns, so that its memory
-        can be freed; `rows`, `splits` and `steps` keep describing the table as read."""
+        can be freed. `rows`, `splits` and `steps` keep describing the table as read."""
         if self.streaming or self.released:
             return
         summary = dict(self._table_summary())

@@ -69,7 +69,7 @@ class RunData:
         if isinstance(self.pairs, pl.DataFrame):
             selected = [name for name in self.pairs.columns if name in columns]
             # The page draws these values with 4 significant digits, so float32 loses nothing
-            # it shows, and halves what each run holds while the others are read.
+            # it shows. It halves what each run keeps in memory while the others are read.
             compact = [pl.col(name).cast(pl.Float32) for name in selected
                        if self.pairs.schema[name] == pl.Float64 and name in DISPLAY_ONLY]
             # Steps and token lengths below 2**31 fit in 32 bits exactly.

@@ -34,15 +34,13 @@ def neighbour_ratios(loss: np.ndarray, window: int = WINDOW) -> np.ndarray:
 
     A side with no records is left out; a record with no neighbours on either side gets NaN.
     """
-    ratios = np.full(len(loss), np.nan)
-    for i in range(len(loss)):
-        sides = [side for side in (loss[max(0, i - window):i], loss[i + 1:i + 1 + window])
-                 if len(side)]
-        if sides:
-            reference = min(float(np.median(side)) for side in sides)
-            if reference > 0:
-                ratios[i] = loss[i] / reference
-    return ratios
+    series = pl.Series(loss, dtype=pl.Float64)
+    # Rolling medians over the window ending just before i, and (reversed) starting just after.
+    before = series.rolling_median(window, min_samples=1).shift(1).to_numpy()
+    after = series.reverse().rolling_median(window, min_samples=1).shift(1).reverse().to_numpy()
+    reference = np.fmin(before, after)  # fmin ignores the NaN of a missing side
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(reference > 0, loss / reference, np.nan)
 
 
 def epoch_end_indices(epoch: np.ndarray) -> list[int]:

@@ -155,7 +155,7 @@ def infer_step_meta(run: Run) -> None:
     if fit is None or fit.drift > max(1e-3, 0.01 * fit.scale):
         return
     # Log-probs printed to 4 significant digits that move little between evaluations give a
-    # slope that is off by several percent; such a beta is not reported as identified.
+    # slope that is off by several percent. Such a beta is not reported as identified.
     if fit.beta_stderr > MAX_BETA_RELATIVE_ERROR * fit.beta:
         return
     run.meta.update({"beta": round(fit.beta, 6)}, "inferred")

@@ -80,8 +80,8 @@ def _finite_order_statistic(finite: pl.LazyFrame, rank: int, low: float, high: f
 
 
 def median_above(table: pl.LazyFrame, value: pl.Expr, threshold: float, engine: str = "auto") -> bool | None:
-    """Return whether `median(table, value)` is above `threshold` or NaN, from counts alone;
-    None when the counts do not decide it.
+    """Return whether `median(table, value)` is above `threshold` or NaN, from counts alone,
+    or None when the counts do not decide it.
 
     With n values (nulls skipped) of which `above` are > threshold or NaN (NaN ranks highest),
     the sorted values end with the `above` ones. For odd n the median is above exactly when

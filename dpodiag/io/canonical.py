@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpodiag.errors import InputError
-from dpodiag.io.metadata import apply_metadata, validate_meta
+from dpodiag.io.metadata import apply_metadata, own_columns, run_entry, validate_meta
 from dpodiag.schema import Run, RunMeta
 
 
@@ -37,7 +37,8 @@ def read_canonical_steps(path: Path, flags: dict | None = None) -> list[Run]:
     runs = []
     file_stored = stored
     for (name,), part in table.group_by("run", maintain_order=True):
-        stored = (file_stored.get("runs") or {}).get(str(name), file_stored)
+        stored = run_entry(file_stored, str(name))
+        part = own_columns(part, file_stored, str(name))
         meta = RunMeta()
         meta.update(validate_meta(stored, str(path), InputError), "metadata")
         for field, source in (stored.get("sources") or {}).items():

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from dpodiag.compute.losses import LOSSES, canonical_loss_type
 from dpodiag.errors import InputError, UsageError
 from dpodiag.schema import RunMeta
@@ -91,6 +93,16 @@ def read_parquet_meta(path: Path, key_value: dict[bytes, bytes] | None) -> dict[
 def run_entry(file_meta: dict[str, Any], run: str) -> dict[str, Any]:
     """Return the metadata of one run of a file: its own entry under "runs", else the file's."""
     return file_meta.get("runs", {}).get(run, file_meta)
+
+
+def own_columns(table: pl.DataFrame | pl.LazyFrame, file_meta: dict, name: str):
+    """Drop the columns that a converted file of several runs holds only for other runs."""
+    columns = run_entry(file_meta, name).get("columns")
+    if not columns:
+        return table
+    keep = set(columns) | {"run", "split", "step"}
+    return table.drop([c for c in table.collect_schema().names() if c not in keep])
+
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

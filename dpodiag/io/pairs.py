@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
-from dpodiag.io.metadata import apply_metadata, read_parquet_meta, run_entry
+from dpodiag.io.metadata import apply_metadata, own_columns, read_parquet_meta, run_entry
 from dpodiag.io.source import logical_suffix, table_error, table_source
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, Run, RunMeta
 
@@ -254,15 +254,6 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
                 column_mapping=dict(mapping), notes=list(reader.notes),
                 pending=read_deferred if reader.deferred else None)
             for name, table in tables.items()]
-
-
-def own_columns(table: pl.DataFrame | pl.LazyFrame, file_meta: dict, name: str):
-    """Drop the columns that a converted file of several runs holds only for other runs."""
-    columns = run_entry(file_meta, name).get("columns")
-    if not columns:
-        return table
-    keep = set(columns) | {"run", "split", "step"}
-    return table.drop([c for c in table.collect_schema().names() if c not in keep])
 
 
 class PairTableReader:

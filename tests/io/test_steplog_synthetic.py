@@ -298,8 +298,8 @@ def test_hf_output_folder_prefers_trainer_state(tmp_path):
 
 
 def test_output_dir_with_console_log_reads_checkpoint(tmp_path):
-    # An output_dir holds the console capture and checkpoint-N/trainer_state.json; the trainer
-    # state has the real steps, so it is the log read, and the run note says so.
+    # An output_dir contains the console capture and checkpoint-N/trainer_state.json. The
+    # trainer state has the real steps, so it is the log read, and the run note says so.
     checkpoint = tmp_path / "out" / "checkpoint-1500"
     checkpoint.mkdir(parents=True)
     history = [{"loss": 0.69, "step": step, "rewards/chosen": 0.0} for step in (500, 1000, 1500)]

@@ -31,7 +31,10 @@ def frame(payloads: list[bytes]) -> bytes:
             room = left - HEADER
             chunk, payload = payload[:room], payload[room:]
             last = not payload
-            kind = (1 if last else 2) if first else (4 if last else 3)
+            if first:
+                kind = 1 if last else 2  # FULL or FIRST
+            else:
+                kind = 4 if last else 3  # LAST or MIDDLE
             crc = zlib.crc32(chunk, zlib.crc32(bytes([kind])))
             out += struct.pack("<IHB", crc, len(chunk), kind) + chunk
             first = False

@@ -105,6 +105,7 @@ def _payloads(data: bytes, path: Path) -> tuple[list[bytes], list[str]]:
         raise InputError(path, f"has an unknown W&B file header (magic {magic:#x}, version "
                          f"{version})", "pass a run file written by wandb 0.10 or later, or its "
                          "files/output.log")
+
     payloads: list[bytes] = []
     notes: list[str] = []
     bad_checksums = 0
@@ -127,6 +128,7 @@ def _payloads(data: bytes, path: Path) -> tuple[list[bytes], list[str]]:
             notes.append(f"byte {offset}: chunk type {kind} out of sequence; the rest of the "
                          "file was not read")
             break
+
     if pending is not None:
         notes.append("the last record is cut off where the file ends (wandb was still "
                      "writing it); the records before it were read")
