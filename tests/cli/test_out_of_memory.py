@@ -54,33 +54,23 @@ def test_check_out_of_memory_exits_two(tmp_path, monkeypatch, capsys, arguments,
     assert "can't allocate memory" in lines[0]
 
 
-def test_polars_panic_is_caught(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("panic_message", "status", "expected"), [
+    # polars failing to start its threads for lack of memory: advice to stream.
+    ("could not spawn threads: ThreadPoolBuildError", 2, "rerun with --streaming"),
+    # Any other panic is a bug.
+    ("index out of bounds", 3, "internal error: PanicException"),
+])
+def test_polars_panic_outcome(tmp_path, monkeypatch, capsys, panic_message, status, expected):
     import polars as pl
 
     log = write_parquet(make_pairs(), tmp_path / "run.parquet", beta=0.1, loss_type="sigmoid")
 
     def panic(*args, **kwargs):
-        raise pl.exceptions.PanicException("could not spawn threads: ThreadPoolBuildError")
+        raise pl.exceptions.PanicException(panic_message)
 
     monkeypatch.delenv("DPODIAG_DEBUG", raising=False)
     monkeypatch.setattr("dpodiag.pipeline.recompute", panic)
     with pytest.raises(SystemExit) as exited:
         cli_main.main(["check", str(log), "--device", "cpu", "--in-memory"])
-    assert exited.value.code == 2
-    assert "rerun with --streaming" in capsys.readouterr().err
-
-
-def test_other_polars_panic_is_internal_error(tmp_path, monkeypatch, capsys):
-    import polars as pl
-
-    log = write_parquet(make_pairs(), tmp_path / "run.parquet", beta=0.1, loss_type="sigmoid")
-
-    def panic(*args, **kwargs):
-        raise pl.exceptions.PanicException("index out of bounds")
-
-    monkeypatch.delenv("DPODIAG_DEBUG", raising=False)
-    monkeypatch.setattr("dpodiag.pipeline.recompute", panic)
-    with pytest.raises(SystemExit) as exited:
-        cli_main.main(["check", str(log), "--device", "cpu", "--in-memory"])
-    assert exited.value.code == 3
-    assert "internal error: PanicException" in capsys.readouterr().err
+    assert exited.value.code == status
+    assert expected in capsys.readouterr().err
