@@ -12,9 +12,9 @@ import polars as pl
 
 from dpodiag import __version__
 from dpodiag.checks import Finding, RunData, run_checks
-from dpodiag.compute.aggregate import step_aggregates
 from dpodiag.compute.device import cpu_threads, resolve_device
 from dpodiag.compute.infer import infer_pair_meta, infer_step_meta
+from dpodiag.compute.moments import step_tables
 from dpodiag.compute.recompute import recompute, recompute_to_files
 from dpodiag.errors import UsageError
 from dpodiag.io import load_runs
@@ -103,7 +103,8 @@ def analyse(run: Run, device: str = "auto") -> RunData:
     if run.streaming:
         return analyse_streamed(run, device)
     pairs = recompute(run, resolve_device(device))
-    return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs)
+    steps, moments = step_tables(pairs)
+    return RunData(run=run, steps=steps, pairs=pairs, moments=moments)
 
 
 def analyse_streamed(run: Run, device: str = "auto") -> RunData:
@@ -116,7 +117,8 @@ def analyse_streamed(run: Run, device: str = "auto") -> RunData:
     """
     scratch = tempfile.TemporaryDirectory(prefix="dpodiag-")
     pairs = recompute_to_files(run, resolve_device(device), Path(scratch.name) / "pairs")
-    return RunData(run=run, steps=step_aggregates(pairs), pairs=pairs, scratch=scratch)
+    steps, moments = step_tables(pairs)
+    return RunData(run=run, steps=steps, pairs=pairs, moments=moments, scratch=scratch)
 
 
 def diagnose(runs: list[Run], device: str = "auto", keep_pairs: bool = True,

@@ -53,6 +53,9 @@ class RunData:
     pairs: pl.DataFrame | pl.LazyFrame | None = None
     """The recomputed pair table (pair logs only): a DataFrame, or for a streamed log a LazyFrame
     over its recomputed files. Checks read it through `scan_pairs` and `collect`."""
+    moments: pl.DataFrame | None = None
+    """Per-step sums of the pair table that per-step checks read (see
+    `dpodiag.compute.moments`); computed on first use when the pipeline did not."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Results shared by several checks, e.g. the loss identification."""
     scratch: Any = None
@@ -85,7 +88,7 @@ class RunData:
     def release_pairs(self) -> None:
         """Drop the pair table, the run's table and the shared results, keeping the step table
         and the run's summary. For use once the checks have run, when nothing else reads them."""
-        self.pairs = None
+        self.pairs = self.moments = None
         self.cache.clear()
         self.scratch = None
         self.run.release_table()
@@ -134,6 +137,17 @@ class RunData:
         parts = [self.collect(build(pairs.filter(pl.col("step").is_between(first, last))))
                  for first, last in self.cache["step_windows"]]
         return pl.concat(parts) if parts else self.collect(build(pairs.head(0)))
+
+    def step_moments(self) -> pl.DataFrame:
+        """The moments table of the pair table; skip the check on a step log."""
+        if self.moments is None:
+            from dpodiag.compute.moments import step_tables
+
+            self.moments = step_tables(self.scan_pairs() if self.streaming else self.pairs)[1] \
+                if self.pairs is not None else None
+        if self.moments is None:
+            raise Skip("needs a pair log")
+        return self.moments
 
     @property
     def loss_spec(self) -> LossSpec | None:

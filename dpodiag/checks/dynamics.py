@@ -19,6 +19,7 @@ from dpodiag.checks.base import (
     windows_phrase,
 )
 from dpodiag.checks.per_example import policy_movement
+from dpodiag.compute.moments import correlation, step_sums
 
 # A pair whose gradient weight sigma(-m) is below this contributes almost nothing; the weight
 # equals it at m = ln(19) = 2.94.
@@ -209,11 +210,10 @@ def length_exploitation(data: RunData) -> list[Finding]:
     if not {"chosen_length", "rejected_length"} <= set(data.pair_columns):
         raise Skip("needs chosen_length and rejected_length")
     first = data.run.steps[0]
-    per_step = data.per_step(
-        lambda rows: rows.filter((pl.col("split") == "train") & (pl.col("step") > first) & pl.col("margin").is_finite())
-        .with_columns((pl.col("chosen_length") - pl.col("rejected_length")).alias("difference"))
-        .group_by("step").agg(pl.corr("margin", "difference").alias("r"))
-        .filter(pl.col("r").is_finite()).sort("step"))
+    # Per train step after the first, the correlation of the margin with the length difference.
+    sums = ["length_n", "length_sx", "length_sy", "length_sxx", "length_syy", "length_sxy"]
+    per_step = (step_sums(data.step_moments(), sums, splits=["train"]).filter(pl.col("step") > first)
+                .select("step", correlation("length").alias("r")).filter(pl.col("r").is_finite()))
     if per_step.height < MIN_TREND_STEPS:
         raise Skip("too few train steps with varying length differences")
     early, late = end_windows(per_step)

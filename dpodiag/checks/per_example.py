@@ -110,19 +110,6 @@ def _summarise_examples(data: RunData, prepared: list[pl.Expr], aggregations: li
     return data.collect(query).drop(EXAMPLE_KEY)
 
 
-def may_repeat_records(data: RunData) -> bool:
-    """False when no (split, step, example_id) occurs twice in the pair table.
-
-    Compares the number of distinct 64-bit hashes of the combination with the row count, per
-    window of steps. The hash is the XOR of the three columns' hashes with different seeds,
-    which polars computes faster than the hash of a struct of them. Equal combinations hash
-    equally, so a repeat always shows. A hash collision can only report a repeat that the exact count then refutes.
-    """
-    key = pl.col("split").hash(1) ^ pl.col("step").hash(2) ^ pl.col("example_id").hash(3)
-    counts = data.per_step(lambda pairs: pairs.select(pl.len().alias("rows"), key.n_unique().alias("distinct")))
-    return bool((counts.get_column("distinct") < counts.get_column("rows")).any())
-
-
 def has_example_ids(data: RunData) -> bool:
     """True when the pair table has an example_id column with at least one id."""
     if "example_id" not in data.pair_columns:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import polars as pl
 
 from dpodiag.checks.base import Finding, RunData, Skip, check
-from dpodiag.checks.per_example import example_summary, identical_responses, may_repeat_records
-from dpodiag.compute.quantiles import median, median_above
+from dpodiag.checks.per_example import example_summary, identical_responses
+from dpodiag.compute.moments import PLAUSIBLE_PER_TOKEN_NATS, correlation, mask_column, step_sums
+from dpodiag.compute.quantiles import median, median_above_counts
 
 LOGPS_COLUMNS = ["policy_chosen_logps", "policy_rejected_logps",
                  "reference_chosen_logps", "reference_rejected_logps"]
@@ -178,8 +179,10 @@ def duplicate_steps(data: RunData) -> list[Finding]:
         if "example_id" not in data.pair_columns:
             raise Skip("needs example ids to tell a repeated pair from another pair")
         # The (split, step, example_id) combinations are counted, a larger group-by, only when
-        # their hashes show a possible repeat.
-        if not may_repeat_records(data):
+        # a step has fewer distinct id hashes than rows. Equal ids hash equally, so a repeat
+        # always shows; a hash collision only costs the exact count, which refutes it.
+        moments = data.step_moments()
+        if not (moments.get_column("ids_distinct") < moments.get_column("rows")).any():
             return []
         key = ["split", "step", "example_id"]
         repeated = data.collect(data.scan_pairs().group_by(key).len().filter(pl.col("len") > 1))
@@ -215,8 +218,6 @@ def duplicate_steps(data: RunData) -> list[Finding]:
 # |log-prob| with length is clearly positive for a correct mask (about 0.7 in the sample runs).
 # Padding summed into the log-probs turns it negative, because shorter responses get more padding.
 MASK_MIN_CORRELATION = 0.1
-# No tokenizer gives a per-token log-prob below -30 nats on text a model was trained on.
-PLAUSIBLE_PER_TOKEN_NATS = 30.0
 
 
 @check("mask-or-padding-suspect", "warning", ("pairs",),
@@ -226,55 +227,54 @@ PLAUSIBLE_PER_TOKEN_NATS = 30.0
               "batch, lengths that do not describe the masked tokens.",
        fix="Check the response mask: prompt and padding excluded, first response token included.")
 def mask_or_padding_suspect(data: RunData) -> list[Finding]:
-    pairs = data.scan_pairs()
     columns = set(data.pair_columns)
     if not {"chosen_length", "rejected_length"} <= columns:
         raise Skip("needs chosen_length and rejected_length")
     if data.run.meta.logps_normalisation == "mean":
         raise Skip("log-probs are per-token averages, which do not scale with length")
-    # The reference columns of a reference-free run stacked with others are all null.
-    candidates = [c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in columns]
-    present = data.collect(pairs.select(pl.col(c).is_not_null().any() for c in candidates)) \
-        if candidates else None
-    column = next((c for c in candidates if present.get_column(c).item()), None)
-    if column is None:
+    moments = data.step_moments()
+    if "mask_n" not in moments.columns:
         raise Skip("needs sequence log-probs")
+    column = mask_column(data.pairs)
     other = column.replace("chosen", "rejected")
 
-    # Per-step correlation of |log-prob| with length, chosen and rejected pooled.
+    # Per-step correlation of |log-prob| with length, chosen and rejected pooled, from the sums
+    # of both splits of the step; steps whose lengths do not vary are left out.
+    sums = ["mask_n", "mask_sx", "mask_sy", "mask_sxx", "mask_syy", "mask_sxy", "mask_ymin", "mask_ymax"]
+    per_step = (step_sums(moments, sums).filter(pl.col("mask_ymax") > pl.col("mask_ymin"))
+                .select("step", correlation("mask").alias("r")).filter(pl.col("r").is_finite()))
+    totals = moments.select(pl.col("mask_count", "mask_above", "mask_infinite").sum()).row(0)
+    implausible = median_above_counts(*totals)
+
     def pooled(rows: pl.LazyFrame) -> pl.LazyFrame:
         return pl.concat([
-            rows.select("step", pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
-            rows.select("step", pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
+            rows.select(pl.col(column).abs().alias("size"), pl.col("chosen_length").alias("length")),
+            rows.select(pl.col(other).abs().alias("size"), pl.col("rejected_length").alias("length")),
         ]).filter(pl.col("size").is_finite())
 
-    per_step = data.per_step(lambda rows: pooled(rows).group_by("step")
-                             .agg(pl.corr("size", "length").alias("r"), pl.col("length").std().alias("spread"))
-                             .filter((pl.col("spread") > 0) & pl.col("r").is_finite()))
     per_token_nats = pl.col("size") / pl.col("length")
     # The median per-token value itself is computed only for a finding, or when counts
     # cannot tell whether it is above PLAUSIBLE_PER_TOKEN_NATS.
-    implausible = median_above(pooled(pairs), per_token_nats, PLAUSIBLE_PER_TOKEN_NATS, data.engine)
     per_token = None
     if implausible is None:
-        value = median(pooled(pairs), per_token_nats, data.engine)
+        value = median(pooled(data.scan_pairs()), per_token_nats, data.engine)
         if value is None:
             raise Skip("no finite sequence log-prob with a length")
         per_token = float(value)
         implausible = not per_token <= PLAUSIBLE_PER_TOKEN_NATS
     if per_step.height < 3 and not implausible:
         raise Skip("too few steps with varying response lengths")
-    correlation = float(per_step.get_column("r").median()) if per_step.height else None
-    uncorrelated = correlation is not None and correlation < MASK_MIN_CORRELATION
+    correlation_median = float(per_step.get_column("r").median()) if per_step.height else None
+    uncorrelated = correlation_median is not None and correlation_median < MASK_MIN_CORRELATION
     if not uncorrelated and not implausible:
         return []
     if per_token is None:
-        per_token = float(median(pooled(pairs), per_token_nats, data.engine))
+        per_token = float(median(pooled(data.scan_pairs()), per_token_nats, data.engine))
     return [data.finding(
         "mask-or-padding-suspect", "Log-probs do not follow the response length",
         f"The median per-step correlation between |{column}| and the response length is "
-        f"{correlation if correlation is not None else float('nan'):.2f} (summed log-probs of a "
+        f"{correlation_median if correlation_median is not None else float('nan'):.2f} (summed log-probs of a "
         f"correct mask correlate positively) and the median per-token log-prob is -{per_token:.3g} "
         "nats. Padding or prompt tokens in the response mask are the usual cause.",
-        evidence={"column": column, "median_correlation": correlation,
+        evidence={"column": column, "median_correlation": correlation_median,
                   "median_per_token_nats": per_token, "steps": per_step.height})]

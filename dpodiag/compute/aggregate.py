@@ -6,7 +6,7 @@ One row per (run, split, step). Columns shared with step logs keep their step-lo
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import polars as pl
 
@@ -120,18 +120,22 @@ def _group(pairs: pl.DataFrame, keys: list[str], exprs: list[pl.Expr]) -> pl.Dat
     return pairs.with_columns(scaled).group_by(keys).agg(exprs)
 
 
-def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def step_aggregates(pairs: pl.DataFrame | pl.LazyFrame,
+                    extra: Callable[[set[str]], list[pl.Expr]] | None = None) -> pl.DataFrame:
     """Aggregate a recomputed pair table (see `recompute`) per run, split and step.
 
     Rewards are beta * log-ratio; `rewards_accuracies` is the share of pairs with margin > 0 and
     `ranking_accuracy` the share with c > r. `ess_fraction` is the effective sample size of the
-    gradient weights, (sum w)^2 / sum w^2, divided by the number of pairs. A LazyFrame (a
-    streamed pair table) is aggregated in windows of whole steps of about WINDOW_ROWS rows,
-    because exact per-step quantiles need every value of the step at once.
+    gradient weights, (sum w)^2 / sum w^2, divided by the number of pairs. `extra(finite)`
+    returns more aggregations for the same group-by, given the set of columns without NaN or
+    Inf (see `dpodiag.compute.moments`). A LazyFrame (a streamed pair table) is aggregated in
+    windows of whole steps of about WINDOW_ROWS rows, because exact per-step quantiles need
+    every value of the step at once.
     """
     if isinstance(pairs, pl.LazyFrame):
-        return _windowed_aggregates(pairs)
-    exprs = aggregate_expressions(set(pairs.columns), finite_columns(pairs, pairs.columns))
+        return _windowed_aggregates(pairs, extra)
+    finite = finite_columns(pairs, pairs.columns)
+    exprs = aggregate_expressions(set(pairs.columns), finite) + (extra(finite) if extra else [])
     key = _step_key(pairs)
     if key is None:
         return _group(pairs, KEYS, exprs).sort(KEYS)
@@ -218,9 +222,9 @@ def step_windows(step_counts: pl.DataFrame, window_rows: int | None = None) -> l
     return windows
 
 
-def _windowed_aggregates(pairs: pl.LazyFrame) -> pl.DataFrame:
+def _windowed_aggregates(pairs: pl.LazyFrame, extra: Callable[[set[str]], list[pl.Expr]] | None) -> pl.DataFrame:
     columns = set(pairs.collect_schema().names())
-    exprs = aggregate_expressions(columns)
+    exprs = aggregate_expressions(columns) + (extra(set()) if extra else [])
     roots = {name for expr in exprs for name in expr.meta.root_names()} - {SCALED_WEIGHT}
     needed = sorted(set(KEYS) | roots)
     counts = pairs.group_by("step").agg(pl.len()).collect(engine="streaming")

@@ -95,7 +95,12 @@ def median_above(table: pl.LazyFrame, value: pl.Expr, threshold: float, engine: 
     # Polars orders NaN above every number, so NaN > threshold counts NaN as above.
     counts = values.select(pl.len().alias("count"), (pl.col(VALUE) > threshold).sum().alias("above"),
                            pl.col(VALUE).is_infinite().any().alias("infinite"))
-    count, above, infinite = counts.collect(engine=engine).row(0)
+    return median_above_counts(*counts.collect(engine=engine).row(0))
+
+
+def median_above_counts(count: int, above: int, infinite: int) -> bool | None:
+    """`median_above` from its counts: `count` non-null values, of which `above` are above the
+    threshold or NaN and `infinite` are infinite."""
     if count == 0 or infinite:
         return None
     if count % 2:
