@@ -2,13 +2,13 @@
 
 Several checks need one statistic per step: the correlation of |log-prob| with the response
 length, the correlation of the margin with the length difference, the number of distinct
-example ids. Here they are sums, counts and extremes that the group-by of `step_aggregates`
-computes in its own pass (the `MOMENT_PREFIX` columns), so no check makes another pass over the
-pair table. Sums and counts add up across splits, so the statistic of a step with its train and
-eval rows pooled follows from the sums of both.
+example ids. Here they are sums, counts and extremes (the `MOMENT_PREFIX` columns) that the
+group-by of `step_aggregates` computes together with the step aggregates, so no check makes
+another pass over the pair table. Sums and counts add up across splits, so the statistic of a
+step with its train and eval rows pooled follows from the sums of both.
 
 Columns of the moments table, one row per (run, split, step):
-- mask_*: pooled chosen and rejected rows with a finite |log-prob| x = |MASK column| and a
+- mask_*: pooled chosen and rejected rows with a finite |log-prob| x = |`mask_column`| and a
   length y: n, sums of x, y, x^2, y^2, xy, the smallest and largest y, and for the per-token
   value v = x / y the count of non-null v, the count of v above `PLAUSIBLE_PER_TOKEN_NATS` or
   NaN, and the count of infinite v.
