@@ -51,15 +51,18 @@ def infer_normalisation(run: Run) -> None:
     size = pl.col(column).abs()
     per_token = size / pl.col("chosen_length")
     engine = "streaming" if run.streaming else "auto"
-    stats = finite.select(pl.len().alias("rows"), pl.col("chosen_length").n_unique().alias("lengths"),
-                          size.mean().alias("size_mean"), size.std().alias("size_std"),
-                          per_token.mean().alias("per_token_mean"), per_token.std().alias("per_token_std"))
-    stats = stats.collect(engine=engine).row(0, named=True)
+    statistics = [pl.len().alias("rows"), pl.col("chosen_length").n_unique().alias("lengths"),
+                  size.mean().alias("size_mean"), size.std().alias("size_std"),
+                  per_token.mean().alias("per_token_mean"), per_token.std().alias("per_token_std")]
+    if not run.streaming:
+        # In memory, the median is one more aggregation of the same pass.
+        statistics.append(size.median().alias("size_median"))
+    stats = finite.select(statistics).collect(engine=engine).row(0, named=True)
     if stats["rows"] < 8 or stats["lengths"] < 3:
         return
     ratio = (_variation(stats["per_token_mean"], stats["per_token_std"])
              / _variation(stats["size_mean"], stats["size_std"]))
-    magnitude = float(median(finite, size, engine))
+    magnitude = float(stats["size_median"] if "size_median" in stats else median(finite, size, engine))
 
     if ratio <= SUM_RATIO:
         value = "sum"
