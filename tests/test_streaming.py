@@ -116,6 +116,26 @@ def test_size_decides_streaming(monkeypatch):
     assert not budget.should_stream(None, 100_000_000, schema)
 
 
+def test_run_size_decides_deferred_streaming(monkeypatch):
+    schema = pl.Schema({"step": pl.Int64, "policy_chosen_logps": pl.Float64})
+    monkeypatch.setattr(budget, "available_memory", lambda: 10**10)
+    assert budget.should_stream(None, 40_000_000, schema)
+    assert not budget.should_stream(None, 40_000_000, schema, largest_run=10_000_000)
+    assert budget.should_stream(None, 40_000_000, schema, largest_run=30_000_000)
+
+
+def test_deferred_read_estimates_largest_run(tmp_path, monkeypatch):
+    path = mixed_log(tmp_path)
+    rows = budget.parquet_rows([path])
+    schema = pl.scan_parquet(path).collect_schema()
+    whole = budget.estimated_bytes(rows, schema)
+    one_run = budget.estimated_bytes(rows, schema, largest_run=rows // 3 + 100)
+    # Memory between the two estimates: the whole file streams, one run at a time does not.
+    monkeypatch.setattr(budget, "available_memory", lambda: (whole + one_run) / 2 / budget.STREAMING_SHARE)
+    assert dpodiag.load([path])[0].streaming
+    assert not any(run.streaming for run in dpodiag.load([path], defer=True))
+
+
 def test_streamed_report_matches(tmp_path, small_chunks):
     from dpodiag.report.page import render_html
 

@@ -27,6 +27,9 @@ NUMBER_BYTES = 8
 TEXT_BYTES = 16
 DERIVED_BYTES = 7 * 8
 PEAK_FACTOR = 2.0
+# Bytes per row that `dpodiag report` keeps of each run read before the current one: the pair
+# columns the page reads, in compact types (73 bytes per row measured on the benchmark logs).
+KEPT_BYTES = 80
 
 
 def streaming_requested(option: bool | None) -> bool | None:
@@ -75,11 +78,17 @@ def _mapped_bytes() -> int:
     return 0
 
 
-def estimated_bytes(rows: int, schema: pl.Schema) -> int:
-    """Estimated peak bytes of reading and recomputing `rows` rows of the columns in `schema`."""
+def estimated_bytes(rows: int, schema: pl.Schema, largest_run: int | None = None) -> int:
+    """Estimate the peak bytes of reading and recomputing `rows` rows of the columns in `schema`.
+
+    With `largest_run`, the rows of the largest run of a log read one run at a time: the peak
+    then holds that run's full table, and KEPT_BYTES per row of every other run.
+    """
     per_row = DERIVED_BYTES + sum(TEXT_BYTES if dtype in (pl.String, pl.Categorical) else NUMBER_BYTES
                                   for dtype in schema.values())
-    return int(rows * per_row * PEAK_FACTOR)
+    if largest_run is None:
+        return int(rows * per_row * PEAK_FACTOR)
+    return int(largest_run * per_row * PEAK_FACTOR + (rows - largest_run) * KEPT_BYTES)
 
 
 def parquet_rows(paths: list[Path]) -> int:
@@ -89,12 +98,14 @@ def parquet_rows(paths: list[Path]) -> int:
     return sum(pq.read_metadata(path).num_rows for path in paths)
 
 
-def should_stream(requested: bool | None, rows: int | None, schema: pl.Schema) -> bool:
+def should_stream(requested: bool | None, rows: int | None, schema: pl.Schema,
+                  largest_run: int | None = None) -> bool:
     """Decide streaming: an explicit request wins; otherwise stream when the estimate for
-    `rows` rows exceeds STREAMING_SHARE of the available memory (never when either is unknown)."""
+    `rows` rows (see `estimated_bytes`) exceeds STREAMING_SHARE of the available memory (never
+    when either is unknown)."""
     if requested is not None:
         return requested
     available = available_memory()
     if rows is None or available is None:
         return False
-    return estimated_bytes(rows, schema) > STREAMING_SHARE * available
+    return estimated_bytes(rows, schema, largest_run) > STREAMING_SHARE * available

@@ -228,7 +228,16 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
         raise table_error(path, fmt, exc) from None
     on_disk = not isinstance(source, io.BytesIO)
     rows = budget.parquet_rows(shards or [source]) if fmt == "parquet" and on_disk else None
-    stream = on_disk and budget.should_stream(budget.streaming_requested(streaming), rows, schema)
+    requested = budget.streaming_requested(streaming)
+    largest_run = None
+    if defer and requested is None and rows is not None and "run" in schema:
+        # A deferred read holds one run's full table at a time (see `budget.estimated_bytes`).
+        try:
+            counts = plan.group_by("run").len().collect(engine="streaming")
+        except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
+            raise table_error(path, fmt, exc) from None
+        largest_run = int(counts.get_column("len").max() or 0)
+    stream = on_disk and budget.should_stream(requested, rows, schema, largest_run)
     reader = PairTableReader(path, fmt, plan, schema, mapping, run_name or _stem(path), notes,
                              engine="streaming" if stream else "auto", defer=defer)
     try:
