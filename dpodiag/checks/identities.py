@@ -129,6 +129,29 @@ def metric_identity_violated(data: RunData) -> list[Finding]:
     return findings
 
 
+def configured_pairs_per_record(config: dict) -> tuple[int | None, str]:
+    """Return the pairs that one logged train record averages on one device, and the settings it
+    comes from: per-device batch x gradient_accumulation_steps x logging_steps.
+
+    Trainers of the TRL family store the metrics of every micro-batch and log their mean over
+    the steps since the last log. The per-device batch is per_device_train_batch_size, else
+    trainer_state.json's train_batch_size; gradient_accumulation_steps is 1 when not recorded.
+    None without a batch size or an integer logging_steps (a float is a share of the run).
+    """
+    batch_name = next((name for name in ("per_device_train_batch_size", "train_batch_size")
+                       if _positive_int(config.get(name))), None)
+    if batch_name is None or not _positive_int(config.get("logging_steps")):
+        return None, ""
+    settings = {batch_name: config[batch_name], "logging_steps": config["logging_steps"]}
+    if _positive_int(config.get("gradient_accumulation_steps")):
+        settings["gradient_accumulation_steps"] = config["gradient_accumulation_steps"]
+    return math.prod(settings.values()), " x ".join(f"{name} {value}" for name, value in settings.items())
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @check("rank-local-metrics", "warning", ("steps",),
        meaning="Accuracies sit on a coarse 1/k grid: each logged value averages only k pairs.",
        causes="Metrics from one device that were never gathered (TRL up to 0.13), or per-device "
@@ -146,6 +169,10 @@ def rank_local_metrics(data: RunData) -> list[Finding]:
     if grid is None or grid > 4 or changes < max(3, 0.1 * len(values)):
         return []
     legacy = data.dialect is not None and data.dialect.reduction.startswith("rank-local")
+    pairs, settings = configured_pairs_per_record(data.run.meta.trainer_config)
+    if pairs is not None and pairs <= 4 and pairs % grid == 0 and not legacy:
+        raise Skip(f"each logged accuracy averages {pairs} pair(s) on a device ({settings}), "
+                   f"so a 1/{grid} grid is expected")
     cause = ("this TRL version logs metrics of one device without gathering them"
              if legacy else "each logged value comes from one device or a tiny batch")
     return [data.finding(

@@ -82,7 +82,7 @@ def estimated_bytes(rows: int, schema: pl.Schema, largest_run: int | None = None
     """Estimate the peak bytes of reading and recomputing `rows` rows of the columns in `schema`.
 
     With `largest_run`, the rows of the largest run of a log read one run at a time: the peak
-    then holds that run's full table, and KEPT_BYTES per row of every other run.
+    then contains that run's full table, and KEPT_BYTES per row of every other run.
     """
     per_row = DERIVED_BYTES + sum(TEXT_BYTES if dtype in (pl.String, pl.Categorical) else NUMBER_BYTES
                                   for dtype in schema.values())

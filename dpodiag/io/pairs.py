@@ -231,7 +231,7 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     requested = budget.streaming_requested(streaming)
     largest_run = None
     if defer and requested is None and rows is not None and "run" in schema:
-        # A deferred read holds one run's full table at a time (see `budget.estimated_bytes`).
+        # A deferred read keeps one run's full table in memory at a time (see `budget.estimated_bytes`).
         try:
             counts = plan.group_by("run").len().collect(engine="streaming")
         except (OSError, pl.exceptions.PolarsError, ValueError) as exc:

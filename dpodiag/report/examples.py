@@ -80,9 +80,12 @@ def example_ends(data: RunData) -> pl.DataFrame:
 
 
 def _end_rows(data: RunData, keys: list[pl.Expr], guard: pl.Expr | None) -> pl.DataFrame:
-    """Group the pairs with an id by `keys`; return the row numbers of each group's last scoring
-    (`_last`) and first and last sided scorings (`_first`, `_sided_last`), and `_collided`, True
-    where `guard` differs within a group."""
+    """Group the pairs with an id by `keys` and return one row per group.
+
+    Columns: the row numbers of the group's last scoring (`_last`) and of its first and last
+    sided scorings (`_first`, `_sided_last`), and `_collided`, True where `guard` differs
+    within the group.
+    """
     sided = pl.col("margin").is_finite() & (pl.col("margin") != 0)
     prepared = (data.scan_pairs().with_row_index(ROW).filter(pl.col("example_id").is_not_null())
                 .select(*keys, ROW, "step", pl.when(sided).then(pl.col("step")).alias(SIDED_STEP),
@@ -98,8 +101,8 @@ def _values_at(data: RunData, rows: pl.Series, values: list[pl.Expr | str]) -> p
     row number gives nulls."""
     if not data.streaming:
         return data.pairs.select(values).select(pl.all().gather(rows))
-    wanted = rows.drop_nulls().unique().to_frame(ROW).lazy()
-    picked = data.collect(data.scan_pairs().with_row_index(ROW).join(wanted, on=ROW, how="semi")
+    selected = rows.drop_nulls().unique().to_frame(ROW).lazy()
+    picked = data.collect(data.scan_pairs().with_row_index(ROW).join(selected, on=ROW, how="semi")
                           .select(ROW, *values))
     return rows.to_frame(ROW).join(picked, on=ROW, how="left", maintain_order="left").drop(ROW)
 
