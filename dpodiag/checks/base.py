@@ -39,6 +39,12 @@ class Finding:
                 "evidence": self.evidence}
 
 
+def _whole_below(values: pl.Series, bound: float) -> bool:
+    """True when every non-null value is a whole number with |value| < bound (NaN and Inf are not)."""
+    present = values.drop_nulls()
+    return bool(((present.abs() < bound) & (present == present.round())).all())
+
+
 class Skip(Exception):
     """Raised by a check that does not apply to a run. The message gives the reason."""
 
@@ -75,10 +81,14 @@ class RunData:
             # it shows. It halves what each run keeps in memory while the others are read.
             compact = [pl.col(name).cast(pl.Float32) for name in selected
                        if self.pairs.schema[name] == pl.Float64 and name in DISPLAY_ONLY]
-            # Steps and token lengths below 2**31 fit in 32 bits exactly.
+            # Steps and token lengths below 2**31 fit in 32 bits exactly, and whole float lengths
+            # below 2**24 fit in float32 exactly.
             compact += [pl.col(name).cast(pl.Int32) for name in selected
                         if self.pairs.schema[name] == pl.Int64 and name in SMALL_INTEGERS
                         and self.pairs.get_column(name).abs().max() < 2 ** 31]
+            compact += [pl.col(name).cast(pl.Float32) for name in selected
+                        if self.pairs.schema[name] == pl.Float64 and name in SMALL_INTEGERS
+                        and _whole_below(self.pairs.get_column(name), 2 ** 24)]
             if "split" in selected and self.pairs.schema["split"] == pl.String:
                 compact.append(pl.col("split").cast(pl.Categorical))
             self.pairs = self.pairs.select(selected).with_columns(compact)
