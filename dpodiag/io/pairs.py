@@ -230,8 +230,10 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     rows = budget.parquet_rows(shards or [source]) if fmt == "parquet" and on_disk else None
     requested = budget.streaming_requested(streaming)
     largest_run = None
-    if defer and requested is None and rows is not None and "run" in schema:
-        # A deferred read keeps one run's full table in memory at a time (see `budget.estimated_bytes`).
+    if defer and requested is None and "run" in schema and budget.should_stream(None, rows, schema):
+        # A deferred read keeps one run's full table in memory at a time, so the estimate of the
+        # largest run decides (see `budget.estimated_bytes`). Its row count costs a scan of the
+        # run column, made only when the estimate of the whole log calls for streaming.
         try:
             counts = plan.group_by("run").len().collect(engine="streaming")
         except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
