@@ -134,6 +134,7 @@ def test_deferred_read_estimates_largest_run(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "available_memory", lambda: (whole + one_run) / 2 / budget.STREAMING_SHARE)
     assert dpodiag.load([path])[0].streaming
     assert not any(run.streaming for run in dpodiag.load([path], defer=True))
+    assert all(run.streaming for run in dpodiag.load([path], defer=True, streaming=True))
 
 
 def test_streamed_report_matches(tmp_path, small_chunks):
