@@ -129,25 +129,6 @@ class RunData:
         """Run a query over the pair table, with the streaming engine for a streamed log."""
         return query.collect(engine=self.engine)
 
-    def per_step(self, build: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
-        """Collect `build(pairs)`, a query whose result rows each depend on the pairs of one step.
-
-        An in-memory table is queried whole. A streamed one is queried in windows of whole steps
-        (see `dpodiag.compute.aggregate.step_windows`) and the results are concatenated in step
-        order, so that a group-by per step holds one window of values at a time.
-        """
-        pairs = self.scan_pairs()
-        if not self.streaming:
-            return self.collect(build(pairs))
-        from dpodiag.compute.aggregate import step_windows
-
-        if "step_windows" not in self.cache:
-            counts = self.collect(pairs.group_by("step").agg(pl.len()))
-            self.cache["step_windows"] = step_windows(counts)
-        parts = [self.collect(build(pairs.filter(pl.col("step").is_between(first, last))))
-                 for first, last in self.cache["step_windows"]]
-        return pl.concat(parts) if parts else self.collect(build(pairs.head(0)))
-
     def step_moments(self) -> pl.DataFrame:
         """The moments table of the pair table; skip the check on a step log."""
         if self.moments is None:
