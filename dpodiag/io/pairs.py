@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 import itertools
 from pathlib import Path
@@ -90,6 +91,30 @@ def check_required(path: Path, mapping: dict[str, str]) -> None:
         missing = [c for c in ("policy_chosen_logps", "policy_rejected_logps") if c not in mapping]
         raise InputError(path, f"missing column {missing[0]!r} (and no chosen_logratio/rejected_logratio)",
                          "add the policy log-probs or the log-ratios, or map them with --column")
+
+
+# Columns that mean something only together: a log with one of a pair and not the other has a
+# misspelled or missing column, and reading it anyway would pair values that do not belong.
+COLUMN_PAIRS = (("policy_chosen_logps", "policy_rejected_logps"),
+                ("reference_chosen_logps", "reference_rejected_logps"),
+                ("chosen_logratio", "rejected_logratio"),
+                ("chosen_length", "rejected_length"))
+
+
+def check_pairs_complete(path: Path, mapping: dict[str, str], names: list[str]) -> None:
+    """Raise when a column of COLUMN_PAIRS is mapped without its partner, naming the unmapped
+    column of the file whose name is closest to the missing one."""
+    for first, second in COLUMN_PAIRS:
+        present = [c for c in (first, second) if c in mapping]
+        if len(present) != 1:
+            continue
+        missing = second if present[0] == first else first
+        unmapped = [name for name in names if name not in mapping.values()]
+        close = difflib.get_close_matches(missing, unmapped, n=1, cutoff=0.6)
+        fix = (f"map it with --column {missing}={close[0]}" if close
+               else f"add it, map it with --column {missing}=NAME, or remove {mapping[present[0]]!r}")
+        found = repr(present[0]) if mapping[present[0]] == present[0] else f"{present[0]!r} (as {mapping[present[0]]!r})"
+        raise InputError(path, f"missing column {missing!r}, while {found} is present", fix)
 
 
 def scan_table(path: Path | list[Path] | io.BytesIO, fmt: str, mapping: dict[str, str],
@@ -213,6 +238,7 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     source = table_source(first, fmt, notes)
     names, key_value = read_columns(first, fmt, source)
     mapping = map_columns(path, names, column_map)
+    check_pairs_complete(path, mapping, names)
     check_required(path, mapping)
     unmapped = [name for name in names if name not in mapping.values()]
     if unmapped:

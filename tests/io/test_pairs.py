@@ -92,6 +92,28 @@ def test_missing_column_names_file_and_column(tmp_path, frame):
         load_runs(path)
 
 
+@pytest.mark.parametrize("typo, missing", [
+    ("refrence_rejected_logps", "reference_rejected_logps"),
+    ("policy_rejectd_logps", "policy_rejected_logps"),
+    ("rejected_lenght", "rejected_length"),
+])
+def test_misspelled_partner_column_is_named(tmp_path, frame, typo, missing):
+    path = tmp_path / "typo.csv"
+    frame.rename({missing: typo}).write_csv(path)
+    with pytest.raises(InputError, match=rf"typo\.csv: missing column '{missing}', while .* is present; "
+                                         rf"map it with --column {missing}={typo}"):
+        load_runs(path)
+    (run,) = load_runs(path, column_map={missing: typo})
+    assert missing in run.columns
+
+
+def test_lone_partner_column_without_close_name(tmp_path, frame):
+    path = tmp_path / "lone.parquet"
+    frame.drop("reference_rejected_logps").write_parquet(path)
+    with pytest.raises(InputError, match="missing column 'reference_rejected_logps'.*remove 'reference_chosen_logps'"):
+        load_runs(path)
+
+
 def test_missing_step(tmp_path, frame):
     path = tmp_path / "nostep.csv"
     frame.drop("step").write_csv(path)
