@@ -145,10 +145,12 @@ def margin_saturation(data: RunData) -> list[Finding]:
             reason = f"the mean loss {late_loss:.3g} bounds the mean gradient weight below {SATURATED_WEIGHT}"
     if not saturated or (late_accuracy is not None and late_accuracy < 0.95):
         return []
-    accuracy_text = f"Train reward accuracy is {late_accuracy:.2f} and " if late_accuracy is not None else ""
+    # The reason starts a sentence of its own when no accuracy comes before it.
+    lead = (f"Train reward accuracy is {late_accuracy:.2f} and {reason}" if late_accuracy is not None
+            else reason[:1].upper() + reason[1:])
     return [data.finding(
         "margin-saturation", "Margins saturate: most pairs no longer contribute a gradient",
-        f"{accuracy_text}{reason}. The loss has no finite optimum, so training keeps pushing "
+        f"{lead}. The loss has no finite optimum, so training keeps pushing "
         "separated pairs apart with a vanishing gradient; expect over-optimisation.",
         split="train", evidence={"late_accuracy": late_accuracy, "late_margin": late_margin,
                                  "saturated_share": saturated_share, "late_loss": late_loss})]

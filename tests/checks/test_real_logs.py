@@ -64,6 +64,10 @@ def test_real_log_findings(name):
     assert must <= found
     assert not (must_not & found)
     assert codes(diagnosis.findings, "error") <= must
+    for finding in diagnosis.findings:
+        # A message starts like a sentence, or with a column name such as grad_norm.
+        first = finding.message.split()[0]
+        assert first[0].isupper() or first[0].isdigit() or "_" in first or "/" in first, finding.message
 
 
 def test_grpo_control_says_why_it_is_skipped():
