@@ -35,7 +35,8 @@ def check_output(path: str | Path, *, force: bool = False) -> Path:
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name")
     if path.exists() and not force:
-        raise OutputError(f"{path}: file exists; pass --force to overwrite it or choose another name")
+        raise OutputError(f"{path}: file exists; pass --force (force=True in Python) to overwrite it, "
+                          "or choose another name")
     for folder in path.parents:
         if folder.exists():
             if not folder.is_dir():

@@ -111,8 +111,10 @@ def check_pairs_complete(path: Path, mapping: dict[str, str], names: list[str]) 
         missing = second if present[0] == first else first
         unmapped = [name for name in names if name not in mapping.values()]
         close = difflib.get_close_matches(missing, unmapped, n=1, cutoff=0.6)
+        # The policy log-probs are the log itself; the other columns could be left out instead.
+        optional = "" if missing.startswith("policy_") else f", or remove {mapping[present[0]]!r}"
         fix = (f"map it with --column {missing}={close[0]}" if close
-               else f"add it, map it with --column {missing}=NAME, or remove {mapping[present[0]]!r}")
+               else f"add it{',' if optional else ' or'} map it with --column {missing}=NAME{optional}")
         found = repr(present[0]) if mapping[present[0]] == present[0] else f"{present[0]!r} (as {mapping[present[0]]!r})"
         raise InputError(path, f"missing column {missing!r}, while {found} is present", fix)
 

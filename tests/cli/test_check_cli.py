@@ -86,8 +86,8 @@ def test_missing_column_error_names_file_and_column(tmp_path):
     result = dpodiag("check", path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"dpodiag: error: {path}: missing column 'policy_rejected_logps' (and no "
-        "chosen_logratio/rejected_logratio); add the policy log-probs or the log-ratios, or map them with --column"]
+        f"dpodiag: error: {path}: missing column 'policy_rejected_logps', while 'policy_chosen_logps' "
+        "is present; add it or map it with --column policy_rejected_logps=NAME"]
 
 
 def test_pair_and_step_logs_in_one_check(logs):

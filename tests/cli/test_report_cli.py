@@ -25,8 +25,8 @@ def test_output_existing_folder(tmp_path):
     assert (tmp_path / "healthy.html").is_file()
     again = dpodiag("report", HEALTHY, "-o", tmp_path)
     assert again.returncode == 2
-    assert again.stderr.strip().endswith("healthy.html: file exists; pass --force to overwrite "
-                                         "it or choose another name")
+    assert again.stderr.strip().endswith("healthy.html: file exists; pass --force (force=True in "
+                                         "Python) to overwrite it, or choose another name")
 
 
 def test_default_output_in_reports(tmp_path):

@@ -521,9 +521,8 @@ CASES: list[Case] = [
          (*CHECK, "pairs.parquet"), ERROR, "pairs.parquet: column 'policy_rejected_logps', row 5: "
          "expected a number, got '-12,5'; fix the value or drop the row"),
     Case("missing-column", "no policy_rejected_logps column", build_missing_column,
-         (*CHECK, "pairs.csv"), ERROR, "pairs.csv: missing column 'policy_rejected_logps' (and no "
-         "chosen_logratio/rejected_logratio); add the policy log-probs or the log-ratios, or map "
-         "them with --column"),
+         (*CHECK, "pairs.csv"), ERROR, "pairs.csv: missing column 'policy_rejected_logps', while "
+         "'policy_chosen_logps' is present; add it or map it with --column policy_rejected_logps=NAME"),
     Case("missing-step", "no step column", build_missing_step, (*CHECK, "pairs.csv"), ERROR,
          "pairs.csv: missing column 'step'; add the optimizer step per row or map it with "
          "--column step=NAME"),
@@ -644,7 +643,7 @@ CASES: list[Case] = [
          "pairs.csv is a file, not a folder; choose another output path"),
     Case("output-exists", "report -o onto an existing file, without --force", build_output_exists,
          ("report", "pairs.csv", "-o", "report.html"), ERROR, "report.html: file exists; pass "
-         "--force to overwrite it or choose another name"),
+         "--force (force=True in Python) to overwrite it, or choose another name"),
     Case("output-exists-force", "the same with --force", build_output_exists,
          ("report", "pairs.csv", "-o", "report.html", "--force"), READ, "wrote report.html"),
     Case("output-is-folder", "report -o onto a folder", build_output_is_folder,
