@@ -25,7 +25,8 @@ def run_options(command):
     """Add the options that control how runs are read, and pass them on as `load_options`."""
 
     @click.option("--beta", type=float, help="Beta of the run(s); overrides every other source.")
-    @click.option("--loss-type", help="Loss variant, e.g. sigmoid, cdpo, ipo, hinge, simpo.")
+    @click.option("--loss-type", help="Loss variant, e.g. sigmoid, cdpo, ipo, hinge, simpo; dpo, slic, "
+                                      "rso and dpo_norm name sigmoid, hinge, hinge and sigmoid_norm.")
     @click.option("--label-smoothing", type=float, help="Label smoothing eps of cDPO/robust/EXO.")
     @click.option("--column", "columns", multiple=True, metavar="CANONICAL=THEIRS",
                   help="Map a column of the input to a canonical column; repeatable.")
