@@ -78,6 +78,8 @@ STEP_METRICS = [
 ]
 
 SPLITS = ("train", "eval")
+# Step-log formats that keep each metric's final value only, not its history (Run.format).
+SUMMARY_FORMATS = ("wandb-summary", "hf-results", "tag-summary")
 
 # Sources of a metadata value, in increasing precedence. "inferred" and "default" fill gaps.
 META_SOURCES = ("default", "inferred", "trainer-config", "metadata", "sidecar", "flag")

@@ -8,6 +8,7 @@ from dpodiag.checks.base import Finding, RunData, Skip, check
 from dpodiag.checks.per_example import example_summary, identical_responses
 from dpodiag.compute.moments import PLAUSIBLE_PER_TOKEN_NATS, correlation, mask_column, step_sums
 from dpodiag.compute.quantiles import median, median_above_counts
+from dpodiag.schema import SUMMARY_FORMATS
 
 LOGPS_COLUMNS = ["policy_chosen_logps", "policy_rejected_logps",
                  "reference_chosen_logps", "reference_rejected_logps"]
@@ -124,6 +125,14 @@ def too_little_data(data: RunData) -> list[Finding]:
     short_pairs = pairs is not None and pairs < MIN_PAIRS
     if not (short_steps or short_pairs):
         return []
+    if data.run.format in SUMMARY_FORMATS:
+        return [data.finding(
+            "too-little-data", "Final values only: trends cannot be judged",
+            f"{data.run.source} keeps the final value of each metric, not its history, so checks "
+            "of trends are skipped and only the final values were checked. For a verdict, pass "
+            "the run's history: trainer_state.json, the console output, W&B's output.log or "
+            "run-<id>.wandb, or the TensorBoard event file.",
+            split="train", evidence={"train_steps": steps, "format": data.run.format})]
     what = f"{steps} train step(s)" + (f" and {pairs} train pair(s)" if pairs is not None else "")
     return [data.finding(
         "too-little-data", "Too little data to judge the run",
@@ -180,7 +189,7 @@ def duplicate_steps(data: RunData) -> list[Finding]:
             raise Skip("needs example ids to tell a repeated pair from another pair")
         # The (split, step, example_id) combinations are counted, a larger group-by, only when
         # a step has fewer distinct id hashes than rows. Equal ids hash equally, so a repeat
-        # always shows; a hash collision only costs the exact count, which refutes it.
+        # always shows. A hash collision only costs the exact count, which refutes it.
         moments = data.step_moments()
         if not (moments.get_column("ids_distinct") < moments.get_column("rows")).any():
             return []
@@ -239,7 +248,7 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
     other = column.replace("chosen", "rejected")
 
     # Per-step correlation of |log-prob| with length, chosen and rejected pooled, from the sums
-    # of both splits of the step; steps whose lengths do not vary are left out.
+    # of both splits of the step. Steps whose lengths do not vary are left out.
     sums = ["mask_n", "mask_sx", "mask_sy", "mask_sxx", "mask_syy", "mask_sxy", "mask_ymin", "mask_ymax"]
     per_step = (step_sums(moments, sums).filter(pl.col("mask_ymax") > pl.col("mask_ymin"))
                 .select("step", correlation("mask").alias("r")).filter(pl.col("r").is_finite()))

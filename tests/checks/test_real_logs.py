@@ -74,3 +74,19 @@ def test_grpo_control_says_why_it_is_skipped():
     diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / "CONTROL-trl-grpo-not-dpo.trainer_state.json"))
     (skipped,) = [f for f in diagnosis.findings if f.code == "checks-skipped"]
     assert "not preference optimisation" in skipped.message
+
+
+@pytest.mark.parametrize("name", ["openrlhf-dpo-gemma2-9b-saturated.wandb-summary.json",
+                                  "llamafactory-orpo-glm4-recsys.all_results.json"])
+def test_summary_file_asks_for_history(name):
+    diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / name), device="cpu")
+    (short,) = [f for f in diagnosis.findings if f.code == "too-little-data"]
+    assert short.title == "Final values only: trends cannot be judged"
+    assert "pass the run's history" in short.message
+
+
+def test_short_history_counts_steps():
+    name = "trl-new-dpo-qwen-qlora-smoke4steps.dpo_history.json"
+    diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / name), device="cpu")
+    (short,) = [f for f in diagnosis.findings if f.code == "too-little-data"]
+    assert short.message.startswith("The log has 4 train step(s)")
