@@ -33,12 +33,17 @@ def run_options(command):
     @click.option("--dialect", help="Name the trainer dialect of a step log instead of detecting it.")
     @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
                   help="Torch device for the recompute; auto picks CUDA when present.")
-    @click.option("--streaming/--in-memory", default=None,
-                  help="Scan pair logs in chunks with bounded memory, or read them into memory "
-                       "[default: the DPODIAG_STREAMING variable (1 or 0), else stream a log whose "
-                       "estimated in-memory size exceeds 40% of the available memory].")
+    @click.option("--streaming", is_flag=True,
+                  help="Scan pair logs in chunks with bounded memory [default: the DPODIAG_STREAMING "
+                       "variable (1 or 0), else stream a log whose estimated in-memory size exceeds "
+                       "40% of the available memory].")
+    @click.option("--in-memory", is_flag=True, help="Read pair logs into memory (see --streaming).")
     @functools.wraps(command)
-    def wrapper(*args, beta, loss_type, label_smoothing, columns, dialect, device, streaming, **kwargs):
+    def wrapper(*args, beta, loss_type, label_smoothing, columns, dialect, device, streaming, in_memory,
+                **kwargs):
+        if streaming and in_memory:
+            raise UsageError("--streaming and --in-memory exclude each other; give one of them")
+        streaming = True if streaming else False if in_memory else None
         flags = {"beta": beta, "loss_type": loss_type, "label_smoothing": label_smoothing}
         load_options = {"flags": {k: v for k, v in flags.items() if v is not None},
                         "column_map": parse_column_map(columns), "dialect": dialect,

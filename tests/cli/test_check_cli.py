@@ -70,6 +70,7 @@ def test_flags_override_metadata(logs):
     (["{bad}", "--beta", "-1"], "expected beta to be > 0"),
     (["{bad}", "--column", "nonsense"], "expected --column CANONICAL=THEIRS"),
     (["{bad}", "--device", "tpu"], "Invalid value for '--device'"),
+    (["{bad}", "--streaming", "--in-memory"], "--streaming and --in-memory exclude each other"),
 ])
 def test_invalid_input_exits_two_with_one_line(tmp_path, logs, args, message):
     args = [a.replace("{bad}", str(logs[0])) for a in args]
