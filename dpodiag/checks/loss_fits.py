@@ -44,9 +44,14 @@ def declared_fails(ident: Identification) -> bool:
     return not explains(ident.declared.rmse / 5, ident)
 
 
-def fits_text(split: str, ident: Identification) -> str:
+def fits_text(data: RunData, split: str, ident: Identification) -> str:
+    """Open a finding about the loss fits: the RMSE against the declared configuration, which is
+    called assumed when beta or the loss type is a default rather than read from a source."""
+    meta = data.run.meta
+    assumed = "default" in (meta.source_of("beta"), meta.source_of("loss_type"))
+    stated = "assumed default" if assumed else "declared"
     return (f"On {split} pairs the logged loss has RMSE {ident.declared.rmse:.3g} against the "
-            f"declared {ident.declared.loss_type} at beta {ident.declared.beta:g}")
+            f"{stated} {ident.declared.loss_type} at beta {ident.declared.beta:g}")
 
 
 def explained_by_declared_family(ident: Identification) -> bool:

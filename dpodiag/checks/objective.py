@@ -102,7 +102,7 @@ def beta_mismatch(data: RunData) -> list[Finding]:
     ident, fit = hits[split]
     return [data.finding(
         "beta-mismatch", f"The logged loss was computed with beta {fit.beta:.3g}, not {ident.declared.beta:g}",
-        f"{fits_text(split, ident)} and {fit.rmse:.3g} at beta {fit.beta:.4g}. The loss used a "
+        f"{fits_text(data, split, ident)} and {fit.rmse:.3g} at beta {fit.beta:.4g}. The loss used a "
         "different beta from the recorded one, so rewards and margins reported with the recorded "
         "beta are off by the same factor.",
         split=split, evidence={"declared_beta": ident.declared.beta, "fitted_beta": fit.beta,
@@ -139,9 +139,9 @@ def loss_scale_mismatch(data: RunData) -> list[Finding]:
     ident, fit = hits[split]
     return [data.finding(
         "loss-scale-mismatch", f"The logged {split} loss is {fit.scale:.3g} x the recomputed loss",
-        f"{fits_text(split, ident)} and {fit.rmse:.3g} once multiplied by k = {fit.scale:.4g} "
-        f"(about 1/{1 / fit.scale:.3g}). A gradient-accumulation division or a sum-versus-mean "
-        "reduction bug scales the logged loss.",
+        f"{fits_text(data, split, ident)} and {fit.rmse:.3g} once multiplied by k = {fit.scale:.4g}"
+        f"{f' (about 1/{1 / fit.scale:.3g})' if 0 < fit.scale < 1 else ''}. A gradient-accumulation "
+        "division or a sum-versus-mean reduction bug scales the logged loss.",
         split=split, evidence={"scale": fit.scale, "declared_rmse": ident.declared.rmse,
                                "scaled_rmse": fit.rmse, "splits": splits})]
 
@@ -166,7 +166,7 @@ def loss_type_mismatch(data: RunData) -> list[Finding]:
     ident, best = hits[split]
     return [data.finding(
         "loss-type-mismatch", f"The logged loss is {best.loss_type}, not {ident.declared.loss_type}",
-        f"{fits_text(split, ident)} and {best.rmse:.3g} with {best.loss_type} at beta "
+        f"{fits_text(data, split, ident)} and {best.rmse:.3g} with {best.loss_type} at beta "
         f"{best.beta:.4g}. The trainer computed another loss variant than the one recorded.",
         split=split, evidence={"declared": ident.declared.loss_type, "fitted": best.loss_type,
                                "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
@@ -195,11 +195,12 @@ def loss_mismatch(data: RunData) -> list[Finding]:
     ident, best = hits[split]
     return [data.finding(
         "loss-mismatch", "The logged loss does not match the recomputed loss",
-        f"{fits_text(split, ident)} (logged loss RMS {ident.logged_rms:.3g}), and no loss "
+        f"{fits_text(data, split, ident)} (logged loss RMS {ident.logged_rms:.3g}), and no loss "
         "variant, beta or constant scale reproduces the logged values. The loss and the log-probs "
         "disagree.",
         split=split, evidence={"declared_rmse": ident.declared.rmse, "logged_rms": ident.logged_rms,
                                "best_variant": best.loss_type if best else None,
+                               "best_variant_beta": best.beta if best else None,
                                "best_variant_rmse": best.rmse if best else None, "splits": splits})]
 
 
