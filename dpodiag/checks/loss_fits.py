@@ -45,8 +45,9 @@ def declared_fails(ident: Identification) -> bool:
 
 
 def fits_text(data: RunData, split: str, ident: Identification) -> str:
-    """Open a finding about the loss fits: the RMSE against the declared configuration, which is
-    called assumed when beta or the loss type is a default rather than read from a source."""
+    """Return the first sentence of a loss-fit finding: the RMSE against the declared
+    configuration, called the assumed default when beta or the loss type was not read from a
+    source."""
     meta = data.run.meta
     assumed = "default" in (meta.source_of("beta"), meta.source_of("loss_type"))
     stated = "assumed default" if assumed else "declared"
