@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpodiag.checks.base import Finding, RunData, check
+from dpodiag.compute.infer import MEAN_RATIO, SUM_RATIO
 
 
 def _inferred(data: RunData, field: str, code: str, label: str) -> list[Finding]:
@@ -44,6 +45,18 @@ def loss_type_inferred(data: RunData) -> list[Finding]:
        causes="No metadata, sidecar or trainer config gives logps_normalisation.",
        fix="Declare logps_normalisation (sum or mean) in the parquet metadata or a sidecar.")
 def normalisation_inferred(data: RunData) -> list[Finding]:
+    meta = data.run.meta
+    evidence = meta.inference.get("logps_normalisation", {})
+    if meta.logps_normalisation is None and evidence.get("undecided"):
+        ratio = evidence["variation_ratio"]
+        return [data.finding(
+            "normalisation-inferred", "Log-prob normalisation could not be inferred",
+            f"No source declares whether log-probs are summed or per-token averages, and the "
+            f"log does not tell: |log-prob| / length varies {ratio:.2f} times as much as "
+            f"|log-prob|, between the {SUM_RATIO} or less read as sums and the {MEAN_RATIO} or more "
+            "read as averages. The log-probs are read as sums. Declare logps_normalisation if they "
+            "are averages.",
+            evidence={"value": None, "source": None, **evidence})]
     return _inferred(data, "logps_normalisation", "normalisation-inferred", "log-prob normalisation")
 
 

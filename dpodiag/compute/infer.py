@@ -64,16 +64,18 @@ def infer_normalisation(run: Run) -> None:
              / _variation(stats["size_mean"], stats["size_std"]))
     magnitude = float(stats["size_median"] if "size_median" in stats else median(finite, size, engine))
 
+    evidence = {"method": f"spread of |{column}| / length against the spread of |{column}|",
+                "variation_ratio": ratio, "median_abs_logps": magnitude}
     if ratio <= SUM_RATIO:
         value = "sum"
     elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:
         value = "mean"
     else:
+        # The checks read undeclared log-probs as sums; the info finding says it was a guess.
+        meta.inference["logps_normalisation"] = {**evidence, "undecided": True}
         return
     meta.update({"logps_normalisation": value}, "inferred")
-    meta.inference["logps_normalisation"] = {
-        "method": f"spread of |{column}| / length against the spread of |{column}|",
-        "variation_ratio": ratio, "median_abs_logps": magnitude}
+    meta.inference["logps_normalisation"] = evidence
 
 
 def infer_pair_meta(run: Run) -> None:
