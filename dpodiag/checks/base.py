@@ -40,7 +40,8 @@ class Finding:
 
 
 def _whole_below(values: pl.Series, bound: float) -> bool:
-    """True when every non-null value is a whole number with |value| < bound (NaN and Inf are not)."""
+    """Return True when every non-null value is a whole number with |value| < bound (NaN and Inf
+    are not)."""
     present = values.drop_nulls()
     return bool(((present.abs() < bound) & (present == present.round())).all())
 
@@ -130,14 +131,14 @@ class RunData:
         return query.collect(engine=self.engine)
 
     def step_moments(self) -> pl.DataFrame:
-        """The moments table of the pair table; skip the check on a step log."""
+        """Return the moments table of the pair table, computed on first use; skip the check on
+        a step log."""
+        if self.pairs is None:
+            raise Skip("needs a pair log")
         if self.moments is None:
             from dpodiag.compute.moments import step_tables
 
-            self.moments = step_tables(self.scan_pairs() if self.streaming else self.pairs)[1] \
-                if self.pairs is not None else None
-        if self.moments is None:
-            raise Skip("needs a pair log")
+            self.moments = step_tables(self.pairs)[1]
         return self.moments
 
     @property

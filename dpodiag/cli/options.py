@@ -43,7 +43,10 @@ def run_options(command):
                 **kwargs):
         if streaming and in_memory:
             raise UsageError("--streaming and --in-memory exclude each other; give one of them")
-        streaming = True if streaming else False if in_memory else None
+        if in_memory:
+            streaming = False
+        elif not streaming:
+            streaming = None  # neither flag: the environment or the log's size decides
         flags = {"beta": beta, "loss_type": loss_type, "label_smoothing": label_smoothing}
         load_options = {"flags": {k: v for k, v in flags.items() if v is not None},
                         "column_map": parse_column_map(columns), "dialect": dialect,

@@ -71,7 +71,7 @@ def infer_normalisation(run: Run) -> None:
     elif ratio >= MEAN_RATIO and magnitude < MEAN_MAX_NATS:
         value = "mean"
     else:
-        # The checks read undeclared log-probs as sums; the info finding says it was a guess.
+        # The checks read undeclared log-probs as sums, and the info finding reports the guess.
         meta.inference["logps_normalisation"] = {**evidence, "undecided": True}
         return
     meta.update({"logps_normalisation": value}, "inferred")

@@ -26,7 +26,8 @@ import polars as pl
 from dpodiag.compute.aggregate import KEYS, step_aggregates
 
 MOMENT_PREFIX = "_moment_"
-# No tokenizer gives a per-token log-prob below -30 nats on text a model was trained on.
+# A per-token log-prob below -30 nats is implausible on text a model was trained on (an
+# estimate: a uniform guess over 10**13 tokens scores -30).
 PLAUSIBLE_PER_TOKEN_NATS = 30.0
 # A variance from sums below this share of the sum of squares is float64 rounding of a constant.
 RELATIVE_VARIANCE_FLOOR = 1e-10

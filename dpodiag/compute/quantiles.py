@@ -99,8 +99,8 @@ def median_above(table: pl.LazyFrame, value: pl.Expr, threshold: float, engine: 
 
 
 def median_above_counts(count: int, above: int, infinite: int) -> bool | None:
-    """`median_above` from its counts: `count` non-null values, of which `above` are above the
-    threshold or NaN and `infinite` are infinite."""
+    """Decide `median_above` from its counts: `count` non-null values, of which `above` are
+    above the threshold or NaN and `infinite` are infinite."""
     if count == 0 or infinite:
         return None
     if count % 2:

@@ -28,7 +28,8 @@ TEXT_BYTES = 16
 DERIVED_BYTES = 7 * 8
 PEAK_FACTOR = 2.0
 # Bytes per row that `dpodiag report` keeps of each run read before the current one: the pair
-# columns the page reads, in compact types (73 bytes per row measured on the benchmark logs).
+# columns the page reads, in compact types. This is an estimate: the 10M benchmark log takes
+# 48 bytes per row by polars' estimated_size, and longer ids or texts take more.
 KEPT_BYTES = 80
 
 

@@ -1,4 +1,4 @@
-"""rank-local-metrics against the batch that the trainer's settings say each record averages."""
+"""rank-local-metrics against the batch that, by the trainer's settings, each record averages."""
 
 from __future__ import annotations
 
