@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datagen import write_pair_log  # noqa: E402
+from datagen import RUNS, write_pair_log  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SAMPLE_LOG = REPOSITORY / "sample_logs" / "healthy.parquet"
@@ -41,12 +41,14 @@ FLOOR_SCRIPT = f"""
 import sys
 import polars as pl
 import torch
-frame = pl.scan_parquet(sys.argv[1]).select({FLOOR_COLUMNS!r}).collect()
+scan = pl.scan_parquet(sys.argv[1])
+keys = [name for name in ("run", "split", "step") if name in scan.collect_schema()]
+frame = scan.select([name for name in {FLOOR_COLUMNS!r} if name in keys or "logps" in name]).collect()
 column = lambda name: torch.from_numpy(frame.get_column(name).to_numpy())
 margin = 0.1 * ((column("policy_chosen_logps") - column("reference_chosen_logps"))
                 - (column("policy_rejected_logps") - column("reference_rejected_logps")))
-means = (frame.select("run", "split", "step").with_columns(pl.Series("margin", margin.numpy()))
-         .group_by(["run", "split", "step"]).agg(pl.col("margin").mean()))
+means = (frame.select(keys).with_columns(pl.Series("margin", margin.numpy()))
+         .group_by(keys).agg(pl.col("margin").mean()))
 print(means.height)
 """
 # The same computation over every column of the log, all of which `check` reads: the example ids
@@ -60,19 +62,21 @@ column = lambda name: torch.from_numpy(frame.get_column(name).to_numpy())
 margin = 0.1 * ((column("policy_chosen_logps") - column("reference_chosen_logps"))
                 - (column("policy_rejected_logps") - column("reference_rejected_logps")))
 numeric = [name for name, dtype in frame.schema.items() if dtype.is_numeric() and name != "step"]
+keys = [name for name in ("run", "split", "step") if name in frame.columns]
 means = (frame.with_columns(pl.Series("margin", margin.numpy()))
-         .group_by(["run", "split", "step"]).agg(pl.col(numeric + ["margin"]).mean(),
+         .group_by(keys).agg(pl.col(numeric + ["margin"]).mean(),
                                                 pl.col("example_id").n_unique()))
 print(means.height)
 """
 SIZE_SCRIPT = "import sys, polars as pl; print(pl.read_parquet(sys.argv[1]).estimated_size())"
-# Runs the CLI of another source tree of dpodiag (an earlier version), ahead of the installed one.
+# Runs the CLI of another source tree of dpodiag (an earlier version), ahead of the installed
+# one, through its entry point as the `dpodiag` script does.
 BASELINE_CLI = """
 import sys
 sys.meta_path = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
 sys.path.insert(0, sys.argv.pop(1))
-from dpodiag.cli.main import main
-main(sys.argv[1:])
+from dpodiag.__main__ import run
+run()
 """
 
 
@@ -132,13 +136,13 @@ def measure(label: str, command: list[str], repeats: int, cap_bytes: int | None 
     return measurement
 
 
-def pair_log(data_dir: Path, rows: int) -> Path:
-    """Return the cached pair log of `rows` rows, writing it first when it is missing."""
-    path = data_dir / f"pairs-{rows}.parquet"
+def pair_log(data_dir: Path, rows: int, runs: int = RUNS) -> Path:
+    """Return the cached pair log of `rows` rows in `runs` runs, writing it first when it is missing."""
+    path = data_dir / (f"pairs-{rows}.parquet" if runs == RUNS else f"pairs-{rows}-{runs}run.parquet")
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         print(f"writing {path} ...", flush=True)
-        write_pair_log(path, rows)
+        write_pair_log(path, rows, runs=runs)
     return path
 
 
@@ -167,10 +171,11 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {memory:.0f} GiB RAM, {model}, {platform.platform()}"
 
 
-def bench_size(rows: int, args, dpodiag: list[str], scratch: Path) -> list[tuple[str, Measurement, Measurement, int]]:
-    path = pair_log(args.data_dir, rows)
+def bench_size(rows: int, args, dpodiag: list[str], scratch: Path,
+               runs: int = RUNS) -> list[tuple[str, Measurement, Measurement, int]]:
+    path = pair_log(args.data_dir, rows, runs)
     needed = columns_bytes(path)
-    label = f"{rows / 1e6:g}M"
+    label = f"{rows / 1e6:g}M" + ("" if runs == RUNS else ", one run")
     print(f"{label} rows: {path} ({needed / 2**20:.0f} MiB of columns in memory)", flush=True)
     floor = measure(f"floor {label}", [sys.executable, "-c", FLOOR_SCRIPT, str(path)], args.repeats)
     results = [(label, floor, floor, needed)]
@@ -188,7 +193,7 @@ def bench_size(rows: int, args, dpodiag: list[str], scratch: Path) -> list[tuple
         report = measure(f"report {label}", [*dpodiag, "report", str(path), "--device", "cpu", "--force",
                                              "-o", str(scratch / "report.html")], args.repeats)
         results.append((label, report, floor, needed))
-    if args.streaming_cap and rows in args.streaming_rows:
+    if args.streaming_cap and rows in args.streaming_rows and runs == RUNS:
         cap = parse_size(args.streaming_cap)
         streamed = measure(f"check --streaming {label} (cap {args.streaming_cap})",
                            [*dpodiag, "check", str(path), "--device", "cpu", "--streaming"],
@@ -231,6 +236,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="also time `check` once with the dpodiag "
                         "package of this source tree, e.g. an earlier commit unpacked with git archive")
     parser.add_argument("--baseline-sizes", default="1M,10M", help="sizes at which --baseline runs")
+    parser.add_argument("--one-run-sizes", default="10M", help="sizes at which a log of one run (one "
+                        "file per run, no run column) is also measured; empty for none")
     args = parser.parse_args()
     args.streaming_rows = {parse_size(size) for size in args.streaming_sizes.split(",")}
     args.baseline_rows = {parse_size(size) for size in args.baseline_sizes.split(",")}
@@ -251,6 +258,8 @@ def main() -> None:
         rows.append(("sample", sample, imports, 0))
         for size in args.sizes.split(","):
             rows += bench_size(parse_size(size), args, dpodiag, Path(scratch))
+        for size in filter(None, args.one_run_sizes.split(",")):
+            rows += bench_size(parse_size(size), args, dpodiag, Path(scratch), runs=1)
     print()
     print(table(rows, args.floors))
     checks = {label: m.seconds for label, m, floor, _ in rows if m.label == f"check {label}"}

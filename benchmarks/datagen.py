@@ -94,11 +94,11 @@ def scored_rows(run: str, split: str, steps: np.ndarray, example: np.ndarray, ep
     })
 
 
-def run_tables(index: int, shape: RunShape, seed: int):
-    """Yield the tables of one run in step order, each about CHUNK_ROWS rows."""
+def run_tables(index: int, shape: RunShape, seed: int, runs: int = RUNS):
+    """Yield the tables of run `index` of `runs` in step order, each about CHUNK_ROWS rows."""
     rng = np.random.default_rng(seed + index)
     run = f"run-{index}"
-    beta_used = MISMATCHED_BETA if index == RUNS - 1 else BETA
+    beta_used = MISMATCHED_BETA if index == runs - 1 else BETA
     train = Examples.draw("train", shape.train_examples, rng)
     evals = Examples.draw("eval", EVAL_PAIRS, rng)
     order = np.concatenate([rng.permutation(shape.train_examples) for _ in range(EPOCHS + 1)])
@@ -126,14 +126,19 @@ def run_tables(index: int, shape: RunShape, seed: int):
         yield table.take(np.argsort(table.column("step").to_numpy(), kind="stable"))
 
 
-def write_pair_log(path: Path, rows: int, seed: int = 0) -> Path:
-    """Write a pair log of about `rows` rows in RUNS runs to `path` (through a temporary file)."""
-    shape = RunShape.for_rows(rows // RUNS)
+def write_pair_log(path: Path, rows: int, seed: int = 0, runs: int = RUNS) -> Path:
+    """Write a pair log of about `rows` rows in `runs` runs to `path` (through a temporary file).
+
+    A log of one run has no run column, as a trainer that writes one file per run writes it.
+    """
+    shape = RunShape.for_rows(rows // runs)
     partial = path.with_name(path.name + ".partial")
     writer = None
     try:
-        for index in range(RUNS):
-            for table in run_tables(index, shape, seed):
+        for index in range(runs):
+            for table in run_tables(index, shape, seed, runs):
+                if runs == 1:
+                    table = table.drop_columns(["run"])
                 if writer is None:
                     schema = table.schema.with_metadata({"dpodiag": json.dumps(METADATA)})
                     writer = pq.ParquetWriter(partial, schema)

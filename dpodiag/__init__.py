@@ -10,7 +10,10 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # The public API is imported on first use, so `import dpodiag` stays cheap.
-    if name in ("load", "diagnose", "analyse", "Diagnosis"):
+    if name == "load":
+        from dpodiag.io import load
+        return load
+    if name in ("diagnose", "analyse", "Diagnosis"):
         from dpodiag import pipeline
         return getattr(pipeline, name)
     if name == "write_report":

@@ -9,17 +9,17 @@ PRINT_ONLY_OPTIONS = {"-h", "--help", "--version"}
 
 
 def run() -> None:
-    """Import the CLI with SIGINT and SIGTERM deferred, then run it.
+    """Import the CLI and the readers with SIGINT and SIGTERM deferred, then run it.
 
-    The imports take a second or more (torch). A signal during them exits, after them, with one
-    line and the status that `main` gives. The modules that the commands import on first use
-    are imported here for the same reason, except when the command line only requests help or
-    the version, which need click alone.
+    A signal during the imports exits, after them, with one line and the status that `main`
+    gives. The readers (polars, pyarrow, numpy) are not imported when the command line only
+    requests help or the version, which need click alone. The commands import torch, which
+    takes a second or more, with signals deferred in the same way: `check` and `report` once
+    the first run is being read, so that the two overlap.
     """
     with deferred_signals():
         if not prints_only(sys.argv[1:]):
-            import dpodiag.pipeline  # noqa: F401
-            import dpodiag.report  # noqa: F401
+            import dpodiag.io  # noqa: F401
         from dpodiag.cli.main import main
     main()
 

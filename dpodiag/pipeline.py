@@ -17,7 +17,7 @@ from dpodiag.compute.infer import infer_pair_meta, infer_step_meta
 from dpodiag.compute.moments import step_tables
 from dpodiag.compute.recompute import recompute, recompute_to_files
 from dpodiag.errors import UsageError
-from dpodiag.io import load_runs
+from dpodiag.io import load  # noqa: F401  (part of the pipeline's API)
 from dpodiag.schema import Run
 
 
@@ -48,29 +48,6 @@ def run_summary(run: Run) -> dict[str, Any]:
             "beta": run.meta.beta, "beta_source": run.meta.source_of("beta"),
             "loss_type": run.meta.loss_type, "loss_type_source": run.meta.source_of("loss_type"),
             "notes": list(run.notes)}
-
-
-def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
-    """Read every run in `paths`; run names are made unique by suffixing -2, -3, ..."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    runs: list[Run] = []
-    for path in paths:
-        runs.extend(load_runs(path, **options))
-    seen: dict[str, int] = {}
-    sources: dict[str, str] = {}
-    for run in runs:
-        count = seen.get(run.name, 0) + 1
-        seen[run.name] = count
-        if count > 1:
-            original = run.name
-            run.name = f"{original}-{count}"
-            run.table = run.table.with_columns(pl.lit(run.name).alias("run"))
-            same = " (the same file was passed twice)" if run.source == sources[original] else ""
-            run.notes.append(f"renamed from {original}, because an earlier run has that name{same}")
-        else:
-            sources[run.name] = run.source
-    return runs
 
 
 def derive_step_margins(run: Run):

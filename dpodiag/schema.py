@@ -9,8 +9,10 @@ computation and check consumes them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -150,6 +152,7 @@ class Run:
     of a run read with `defer`. Such a run is not streamed."""
     released: bool = field(default=False, repr=False, compare=False)
     """True once `release_table` has emptied the table; rows, splits and steps still describe it."""
+    _reading: Future | None = field(default=None, repr=False, compare=False)
 
     @property
     def streaming(self) -> bool:
@@ -157,9 +160,33 @@ class Run:
         return isinstance(self.table, pl.LazyFrame) and self.pending is None
 
     def materialise(self) -> None:
-        """Read a deferred table into memory (see `pending`); other tables stay as they are."""
-        if self.pending is not None:
+        """Read a deferred table into memory (see `pending`), or wait for the read that
+        `read_ahead` started; other tables stay as they are."""
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            self.table, self.pending = reading.result(), None
+        elif self.pending is not None:
             self.table, self.pending = self.pending(self.table), None
+
+    def read_ahead(self) -> None:
+        """Start reading a deferred table (see `pending`) on another thread; `materialise` waits
+        for it and raises what the read raised. Polars releases the GIL while it reads, so the
+        caller meanwhile imports modules or analyses another run, on the other cores. Does
+        nothing for a table that is not deferred or already being read.
+        """
+        if self.pending is None or self._reading is not None:
+            return
+        reading: Future = Future()
+        read, plan = self.pending, self.table
+
+        def work() -> None:
+            try:
+                reading.set_result(read(plan))
+            except BaseException as exc:  # noqa: BLE001  (raised again by materialise)
+                reading.set_exception(exc)
+
+        self._reading = reading
+        threading.Thread(target=work, name=f"dpodiag-read-{self.name}").start()
 
     @property
     def columns(self) -> list[str]:

@@ -1,11 +1,17 @@
-"""`dpodiag check`'s low-memory path: runs read one at a time and released once checked."""
+"""`dpodiag check`'s low-memory path: runs read one at a time (the next on another thread) and
+released once checked."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 import dpodiag
+from dpodiag.errors import InputError
 from dpodiag.pipeline import run_summary
 from synthetic import make_pairs, write_parquet
 
@@ -76,3 +82,49 @@ def test_rows_without_run_name_join_default_run(tmp_path):
     assert set(runs) == {"mixed", "other"}
     runs["mixed"].materialise()
     assert runs["mixed"].table.height == unnamed.height
+
+
+def test_single_run_file_is_deferred_like_a_multi_run_file(tmp_path):
+    # A file without a run column is one run; with defer it is read on materialise, into the
+    # table that an eager read gives.
+    path = write_parquet(make_pairs(steps=8, pairs=8, seed=3), tmp_path / "one.parquet", beta=0.1)
+    deferred, = dpodiag.load(path, defer=True)
+    assert isinstance(deferred.table, pl.LazyFrame) and not deferred.streaming
+    eager, = dpodiag.load(path)
+    assert isinstance(eager.table, pl.DataFrame)
+    deferred.materialise()
+    assert_frame_equal(deferred.table, eager.table)
+
+
+def test_read_ahead_gives_the_materialised_table(tmp_path):
+    path = _three_runs(tmp_path)
+    ahead, direct = dpodiag.load(path, defer=True), dpodiag.load(path, defer=True)
+    for run in ahead:
+        run.read_ahead()
+        run.read_ahead()  # a second call does not start another read
+    for left, right in zip(ahead, direct):
+        left.materialise()
+        right.materialise()
+        assert left.pending is None
+        assert_frame_equal(left.table, right.table)
+
+
+def test_read_ahead_error_is_raised_by_materialise(tmp_path):
+    # The log is removed after its read was planned, so the read fails on the reading thread;
+    # materialise raises that error, naming the file.
+    path = _three_runs(tmp_path)
+    run = dpodiag.load(path, defer=True)[0]
+    path.unlink()
+    run.read_ahead()
+    with pytest.raises(InputError, match="runs.parquet"):
+        run.materialise()
+
+
+def test_reading_a_log_does_not_import_torch(tmp_path):
+    # Reading is free of torch, so `check` reads the first run while torch imports, and
+    # `inspect` and `convert` never wait for it.
+    path = write_parquet(make_pairs(steps=4, pairs=4, seed=0), tmp_path / "log.parquet", beta=0.1)
+    script = ("import sys, dpodiag; run, = dpodiag.load(sys.argv[1], defer=True); run.read_ahead(); "
+              "run.materialise(); print(run.table.height, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(make_pairs(steps=4, pairs=4, seed=0).height), "False"]

@@ -7,6 +7,7 @@ import sys
 import click
 
 from dpodiag.cli.options import run_options
+from dpodiag.cli.signals import deferred_signals
 
 FAIL_ON = ("error", "warning", "info", "never")
 
@@ -24,11 +25,16 @@ def check_command(runs, output_format, fail_on, verbose, load_options, device):
 
     Exit status: 0 when no finding reaches --fail-on, 1 when one does, 2 on invalid input.
     """
-    from dpodiag import formats
-    from dpodiag.pipeline import diagnose, load
+    from dpodiag.io import load
 
     # Runs are read, checked and released one at a time, so memory contains one run's pairs.
     runs = load(list(runs), defer=True, **load_options)
+    # The first run is read on another thread while the pipeline imports torch.
+    runs[0].read_ahead()
+    with deferred_signals():
+        from dpodiag import formats
+        from dpodiag.pipeline import diagnose
+
     diagnosis = diagnose(runs, device=device, keep_pairs=False)
     if output_format == "json":
         sys.stdout.write(formats.to_json(diagnosis))

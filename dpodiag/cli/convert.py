@@ -21,7 +21,7 @@ def convert_command(run, output, force, load_options, device):
     """Write RUN as one canonical parquet table, with its metadata under the key "dpodiag"."""
     from dpodiag.conversion import write_canonical
     from dpodiag.outputs import check_not_input, check_output
-    from dpodiag.pipeline import load
+    from dpodiag.io import load
 
     if load_options["streaming"]:
         raise UsageError("convert reads the log into memory; --streaming applies to check, report "

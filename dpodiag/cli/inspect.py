@@ -18,7 +18,7 @@ from dpodiag.cli.options import run_options
 def inspect_command(runs, output_format, load_options, device):
     """Show how dpodiag reads RUN... (files or folders), without running the checks."""
     from dpodiag.inspection import describe_run, describe_text
-    from dpodiag.pipeline import load
+    from dpodiag.io import load
 
     described = [describe_run(run) for run in load(list(runs), **load_options)]
     if output_format == "json":

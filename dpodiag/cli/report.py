@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dpodiag.cli.options import run_options
+from dpodiag.cli.signals import deferred_signals
 from dpodiag.errors import UsageError
 
 # Characters kept from a run name in the default output file name; others become "_".
@@ -37,9 +38,8 @@ def default_output(run_name: str) -> Path:
 @run_options
 def report_command(runs, output, force, title, load_options, device):
     """Write an HTML report of RUN... (files or folders), all runs compared on one page."""
+    from dpodiag.io import load
     from dpodiag.outputs import check_not_input, check_output
-    from dpodiag.pipeline import diagnose, load
-    from dpodiag.report import PAIR_COLUMNS_READ, write_report
 
     folder = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     # An existing output is reported before the runs are read, not after minutes of work.
@@ -49,9 +49,15 @@ def report_command(runs, output, force, title, load_options, device):
             raise UsageError(f"{output}: report writes an HTML page; give the output an .html "
                              "name, or a folder ending in '/'")
         check_output(output, force=force)
-    # Runs are read one at a time, and each keeps only the pair columns the page reads.
-    diagnosis = diagnose(load(list(runs), defer=True, **load_options), device=device,
-                         keep_columns=PAIR_COLUMNS_READ)
+    # Runs are read one at a time, and each keeps only the pair columns the page reads. The first
+    # run is read on another thread while the pipeline imports torch.
+    loaded = load(list(runs), defer=True, **load_options)
+    loaded[0].read_ahead()
+    with deferred_signals():
+        from dpodiag.pipeline import diagnose
+        from dpodiag.report import PAIR_COLUMNS_READ, write_report
+
+    diagnosis = diagnose(loaded, device=device, keep_columns=PAIR_COLUMNS_READ)
     if output is None:
         output = default_output(diagnosis.runs[0].name)
     elif folder:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dpodiag.cli.signals import deferred_signals
 from dpodiag.compute.device import DEVICE_CHOICES
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -46,6 +47,9 @@ def score_command(policy, reference, dataset, output, tokenizer, step, split, ba
     from dpodiag.errors import OutputError
     from dpodiag.outputs import write_atomic
     from dpodiag.scoring import pair_log_bytes, score_metadata, score_pairs
+
+    with deferred_signals():
+        import torch  # noqa: F401  (scoring imports it on first use)
 
     if output.exists() and not force:
         raise OutputError(f"{output}: file exists; pass --force to overwrite it or choose another name")

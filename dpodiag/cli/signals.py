@@ -1,7 +1,7 @@
 """SIGTERM handled like SIGINT, and both deferred while the CLI's modules are imported.
 
 This module imports nothing heavy, so that `python -m dpodiag` can use it before it imports the
-CLI (which loads torch).
+CLI and the readers, and the commands before they import torch.
 """
 
 from __future__ import annotations

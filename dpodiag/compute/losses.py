@@ -194,19 +194,3 @@ LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in [
     LossSpec("orpo", orpo_loss, None, needs_reference=False, convex_in_margin=False,
              per_token_margin=True),
 ]}
-
-# Loss types that exist but have no per-pair form here: unpaired (KTO, BCO) or batch-sorted (AOT).
-# A run may declare them; checks that need a per-pair loss skip such runs.
-OTHER_LOSS_TYPES = {"kto", "kto_pair", "apo_zero_unpaired", "bco", "aot", "aot_pair", "aot_unpaired"}
-
-# Names that frameworks use for the same variants.
-LOSS_ALIASES = {"dpo": "sigmoid", "slic": "hinge", "rso": "hinge", "dpo_norm": "sigmoid_norm"}
-
-
-def canonical_loss_type(name: str | None) -> str | None:
-    """Return the registry name for `name` (case-insensitive, aliases resolved) or None if unknown."""
-    if name is None:
-        return None
-    key = str(name).strip().lower()
-    key = LOSS_ALIASES.get(key, key)
-    return key if key in LOSSES or key in OTHER_LOSS_TYPES else None

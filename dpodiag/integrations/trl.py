@@ -49,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dpodiag.compute.losses import canonical_loss_type
+from dpodiag.compute.loss_names import canonical_loss_type
 from dpodiag.errors import UsageError
 from dpodiag.record import Recorder
 

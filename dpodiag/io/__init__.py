@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow.parquet as pq
 
 from dpodiag.errors import DpodiagError, InputError, NoDataError
@@ -23,6 +24,30 @@ WANDB_INTERNAL_LOGS = frozenset({"debug.log", "debug-internal.log", "debug-core.
 HEAD_BYTES = 4096
 
 
+def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
+    """Read every run in `paths` with the options of `load_runs`; run names are made unique by
+    suffixing -2, -3, ..."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    runs: list[Run] = []
+    for path in paths:
+        runs.extend(load_runs(path, **options))
+    seen: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    for run in runs:
+        count = seen.get(run.name, 0) + 1
+        seen[run.name] = count
+        if count > 1:
+            original = run.name
+            run.name = f"{original}-{count}"
+            run.table = run.table.with_columns(pl.lit(run.name).alias("run"))
+            same = " (the same file was passed twice)" if run.source == sources[original] else ""
+            run.notes.append(f"renamed from {original}, because an earlier run has that name{same}")
+        else:
+            sources[run.name] = run.source
+    return runs
+
+
 def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
               flags: dict | None = None, dialect: str | None = None,
               run_name: str | None = None, streaming: bool | None = None,
@@ -31,7 +56,7 @@ def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,
 
     `streaming` applies to pair logs: True keeps their tables as LazyFrames over the file, False
     reads them into memory, None decides by size (see `dpodiag.io.budget`). `defer` leaves the
-    in-memory reads of a file with several runs to `Run.materialise` (see `read_pair_log`).
+    in-memory reads of parquet and Arrow pair logs to `Run.materialise` (see `read_pair_log`).
 
     Raises:
         InputError: the path is missing, unreadable or in no supported format.

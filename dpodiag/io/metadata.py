@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from dpodiag.compute.losses import LOSSES, canonical_loss_type
+from dpodiag.compute.loss_names import PAIRED_LOSS_TYPES, canonical_loss_type
 from dpodiag.errors import InputError, UsageError
 from dpodiag.schema import RunMeta
 
@@ -48,7 +48,7 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
     if "loss_type" in clean:
         loss_type = canonical_loss_type(clean["loss_type"])
         if loss_type is None:
-            known = ", ".join(LOSSES)
+            known = ", ".join(PAIRED_LOSS_TYPES)
             raise _error(error, where, f"unknown loss_type {clean['loss_type']!r}; expected one of {known}")
         clean["loss_type"] = loss_type
     if clean.get("logps_normalisation") not in (None, "sum", "mean"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpodiag.compute.losses import LOSSES, PairBatch, canonical_loss_type
+from dpodiag.compute.loss_names import PAIRED_LOSS_TYPES, canonical_loss_type
+from dpodiag.compute.losses import LOSSES, PairBatch
 
 
 def softplus(x):
@@ -117,3 +118,7 @@ def test_per_token_logps_are_not_divided_again():
                                            ("dpo_norm", "sigmoid_norm"), ("unknown", None), (None, None)])
 def test_canonical_loss_type(name, expected):
     assert canonical_loss_type(name) == expected
+
+
+def test_the_torch_free_names_list_the_registry_in_order():
+    assert tuple(LOSSES) == PAIRED_LOSS_TYPES
