@@ -373,9 +373,9 @@ class PairTableReader:
         return self.fmt in ("parquet", "arrow")
 
     def _run_plan(self, name: str, blocks: dict[str, tuple[int, int]] | None) -> pl.LazyFrame:
-        """Return the scan of run `name`'s rows. A run whose rows are one block of the file is read as a
-        slice, which skips the other row groups without evaluating a filter (about twice as fast
-        in polars 2.1)."""
+        """Return the scan of run `name`'s rows. A run whose rows are one block of the file is
+        read as a slice, which skips the other row groups without evaluating a filter (about
+        twice as fast in polars 2.1)."""
         if "run" not in self.schema:
             return self.plan
         if blocks is not None:
