@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import polars as pl
 
 from dpodiag.compute.losses import LOSSES, LossSpec
@@ -167,9 +168,32 @@ class RunData:
         if dialect is not None and dialect.implied_loss_type:
             return dialect.implied_loss_type, f"implied by the {dialect.name} keys"
         if allow_default and dialect is not None and dialect.preference and dialect.paired \
-                and not dialect.reference_free:
+                and not dialect.reference_free and not self.loss_rules_out_sigmoid():
             return "sigmoid", f"the {dialect.name} default"
         return None, "unknown"
+
+    def loss_rules_out_sigmoid(self) -> bool:
+        """True when a step log's train loss is below what the sigmoid loss can log.
+
+        The sigmoid loss softplus(-m) is above 0 for every pair, and by Jensen its mean is at
+        least softplus(-mean margin). A logged loss below 0 beyond the log's rounding, or a
+        loss printed as 0 where softplus(-mean margin) would still print above 0, comes from
+        another loss (robust past its zero, hinge at its minimum). Records with a NaN margin
+        do not count: the HF Trainer logs a loss of 0 for a step whose loss was NaN.
+        """
+        train = self.split_steps("train")
+        dialect = self.dialect
+        if self.pairs is not None or not {"loss", "rewards_margins"} <= set(train.columns):
+            return False
+        decimals = dialect.loss_decimals if dialect is not None and dialect.loss_decimals else 8
+        rounding = 0.5 * 10.0 ** -decimals
+        settled = train.filter(pl.col("loss").is_finite() & pl.col("rewards_margins").is_finite())
+        loss, margin = settled.get_column("loss").to_numpy(), settled.get_column("rewards_margins").to_numpy()
+        if (loss < -rounding).any():
+            return True
+        if dialect is None or not dialect.rewards_beta_scaled:
+            return False
+        return bool(((loss == 0) & (np.logaddexp(0.0, -margin) > rounding)).any())
 
     def split_steps(self, split: str) -> pl.DataFrame:
         return self.steps.filter(pl.col("split") == split).sort("step")

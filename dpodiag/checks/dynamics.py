@@ -26,8 +26,7 @@ from dpodiag.compute.moments import correlation, step_sums
 SATURATED_WEIGHT = 0.05
 SATURATED_MARGIN = math.log(1 / SATURATED_WEIGHT - 1)
 # Losses whose optimum is a finite margin, so a plateau there is the objective working.
-TARGET_MARGIN_LOSSES = {"cdpo", "robust", "ipo", "hinge", "exo_pair", "sppo_hard", "apo_zero",
-                        "apo_down"}
+TARGET_MARGIN_LOSSES = {"cdpo", "ipo", "hinge", "exo_pair", "sppo_hard", "apo_zero", "apo_down"}
 
 
 @check("no-learning-signal", "warning", ("pairs", "steps"),
@@ -49,7 +48,13 @@ def no_learning_signal(data: RunData) -> list[Finding]:
                              f"Across {steps} steps no example's policy log-prob changed. The "
                              "optimizer does not update the policy.", evidence={"steps": steps})]
     rows = require_steps(data, "train", ["grad_norm"], 3).slice(1)
-    zero_share = float((rows.get_column("grad_norm") == 0).mean())
+    zero = rows.get_column("grad_norm") == 0
+    if {"loss", "rewards_margins"} <= set(rows.columns):
+        # A loss of exactly 0 with a positive margin is a loss at its minimum (hinge past its
+        # margin): its gradient is 0 by design, and the policy still moves by momentum.
+        at_minimum = (rows.get_column("loss") == 0) & (rows.get_column("rewards_margins") > 0)
+        zero = zero & ~at_minimum.fill_null(False)
+    zero_share = float(zero.mean())
     if zero_share < 0.9:
         return []
     evidence = {"zero_grad_norm_share": zero_share, "records": rows.height}
@@ -63,7 +68,7 @@ def no_learning_signal(data: RunData) -> list[Finding]:
         + (f", with a learning rate up to {evidence['max_learning_rate']:.3g}" if "max_learning_rate" in evidence else "")
         + ". No gradient reaches the trainable weights; gradient checkpointing without input "
           "gradients under PEFT is the usual cause.",
-        split="train", step=int(rows.get_column("step").min()), evidence=evidence)]
+        split="train", step=int(rows.filter(zero).get_column("step").min()), evidence=evidence)]
 
 
 @check("likelihood-displacement", "warning", ("pairs", "steps"),
@@ -73,6 +78,8 @@ def no_learning_signal(data: RunData) -> list[Finding]:
        fix="If generations degrade, add an SFT/NLL term on chosen (rpo_alpha, pref_ftx), use "
            "DPOP, lower the learning rate or stop earlier.")
 def likelihood_displacement(data: RunData) -> list[Finding]:
+    if data.run.meta.loss_type == "apo_down":
+        raise Skip("apo_down lowers the chosen likelihood by design")
     reference_free = data.dialect is not None and data.dialect.reference_free
     rows = require_steps(data, "train", ["rewards_chosen", "rewards_margins"], 1)
     if rows.height >= MIN_TREND_STEPS:
@@ -117,6 +124,12 @@ def margin_saturation(data: RunData) -> list[Finding]:
     loss_type, _ = data.loss_type_for_checks()
     if loss_type in TARGET_MARGIN_LOSSES:
         raise Skip(f"{loss_type} has a finite target margin, so a plateau is its optimum")
+    if loss_type == "robust":
+        raise Skip("robust's gradient weight stays above eps / (1 - 2 eps) at every margin, so it "
+                   "does not vanish")
+    if loss_type is None and data.loss_rules_out_sigmoid():
+        raise Skip("the logged loss reaches 0 or below, which the sigmoid loss never does, and no "
+                   "loss type is declared (pass --loss-type)")
     if data.dialect is not None and not data.dialect.rewards_beta_scaled:
         raise Skip("rewards are not beta-scaled, so margins are not comparable to ln(19)")
     rows = require_steps(data, "train", ["rewards_margins"], 1)

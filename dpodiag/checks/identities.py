@@ -10,9 +10,12 @@ import polars as pl
 
 from dpodiag.checks.base import Finding, RunData, Skip, check, require_steps
 
-# Losses g(beta*h) with g convex whose logged margin is the quantity inside g, so that
-# mean loss >= g(mean margin) (Jensen) and every pair with margin <= 0 costs at least g(0).
+# Losses g(beta*h) with g convex and decreasing whose logged margin is the quantity inside g, so
+# that mean loss >= g(mean margin) (Jensen) and every pair with margin <= 0 costs at least g(0).
 BOUNDED_LOSSES = {"sigmoid", "cdpo", "robust", "hinge"}
+# Those of them with g >= 0 everywhere, so that mean loss >= (1 - accuracy) g(0). Robust's g
+# falls below 0 for large margins, without a lower bound.
+NONNEGATIVE_LOSSES = {"sigmoid", "cdpo", "hinge"}
 # Trainer settings that change the logged loss so that the bounds above no longer hold.
 BOUND_BREAKING_SETTINGS = ("use_weighting", "f_divergence_type", "loss_weights")
 
@@ -83,6 +86,8 @@ def _bound_problems(data: RunData, rows: pl.DataFrame) -> dict[str, dict]:
             ("loss below the accuracy bound (1 - accuracy) g(0)", "rewards_accuracies",
              lambda a: (1 - a) * at_zero)]:
         if column not in finite.columns:
+            continue
+        if column == "rewards_accuracies" and loss_type not in NONNEGATIVE_LOSSES:
             continue
         part = finite.filter(pl.col(column).is_finite())
         if part.height == 0:

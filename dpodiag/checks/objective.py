@@ -46,13 +46,15 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
     evidence = {"early_margin": early_margin, "late_margin": late_margin,
                 "late_reward_accuracy": late_accuracy}
     loss_text = " "
-    if "loss" in train.columns and train.get_column("loss").is_finite().any():
-        early_loss = float(early.get_column("loss").mean())
-        late_loss = float(late.get_column("loss").mean())
+    early_loss, late_loss = (_finite_mean(window, "loss") for window in (early, late))
+    if early_loss is not None and late_loss is not None:
+        if not late_loss < early_loss:
+            # The loss rose as the margin fell: the log is consistent with its own objective,
+            # and a run that has not learned yet drifts this way by chance.
+            return []
         evidence.update(early_logged_loss=early_loss, late_logged_loss=late_loss)
-        if late_loss < early_loss:
-            loss_text = (f" The mean logged loss fell from {early_loss:.4f} to {late_loss:.4f} "
-                         "all the same, so the loss rewards the wrong direction. ")
+        loss_text = (f" The mean logged loss fell from {early_loss:.4f} to {late_loss:.4f} "
+                     "all the same, so the loss rewards the wrong direction. ")
     if data.pairs is not None:
         loss_text += sign_error_text(data, evidence)
     return [data.finding(
@@ -62,6 +64,15 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         f"is {late_accuracy:.2f}, below chance.{loss_text}A sign error in the loss or "
         "chosen/rejected swapped in collation are the usual causes.",
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
+
+
+def _finite_mean(rows, column: str) -> float | None:
+    """Mean of the finite values of `column`, None when it has none."""
+    if column not in rows.columns:
+        return None
+    values = rows.get_column(column)
+    mean = values.filter(values.is_finite()).mean()
+    return None if mean is None else float(mean)
 
 
 def sign_error_text(data: RunData, evidence: dict) -> str:

@@ -1,0 +1,89 @@
+"""Step-log checks on the conditions that decide between a bug and a loss working as designed:
+the direction of the logged loss, a loss at its minimum of 0, and losses that fall below 0."""
+
+import numpy as np
+
+from dpodiag.checks import run_checks
+from dpodiag.pipeline import analyse
+from synthetic import codes, softplus
+
+from cases import healthy_steps, step_run
+
+
+def findings_of(rows, **meta):
+    return run_checks(analyse(step_run(rows, **meta), device="cpu"))
+
+
+def drifting_to_rejected(loss_direction: float) -> dict:
+    """A run whose margin drifts below 0 with accuracy below chance; the loss moves by
+    `loss_direction` per step."""
+    steps = np.arange(1, 31)
+    margin = -0.01 * steps
+    return healthy_steps(rewards_margins=margin, rewards_chosen=0.5 * margin, rewards_rejected=-0.5 * margin,
+                         rewards_accuracies=np.full(30, 0.3), loss=0.7 + loss_direction * steps)
+
+
+def test_inverted_preference_fires_when_the_loss_falls():
+    findings = findings_of(drifting_to_rejected(-0.005))
+    assert "preference-direction-inverted" in codes(findings, "error")
+
+
+def test_inverted_preference_silent_when_the_loss_rises():
+    # The log agrees with its own objective: a run that drifts before it learns.
+    findings = findings_of(drifting_to_rejected(0.001))
+    assert "preference-direction-inverted" not in codes(findings)
+
+
+def zero_gradient(loss: np.ndarray) -> dict:
+    steps = np.arange(1, 31)
+    grad_norm = np.where(steps > 3, 0.0, 5.0)
+    return healthy_steps(grad_norm=grad_norm, loss=loss, rewards_margins=np.full(30, 3.0),
+                         rewards_chosen=np.full(30, 1.0), rewards_rejected=np.full(30, -2.0))
+
+
+def test_zero_gradient_fires_with_a_positive_loss():
+    findings = findings_of(zero_gradient(np.full(30, 0.3)))
+    signal = [f for f in findings if f.code == "no-learning-signal"]
+    assert len(signal) == 1
+    assert signal[0].step == 4
+
+
+def test_zero_gradient_silent_at_zero_loss():
+    # Hinge past its margin: loss 0, gradient 0, by design.
+    loss = np.where(np.arange(1, 31) > 3, 0.0, 0.5)
+    assert "no-learning-signal" not in codes(findings_of(zero_gradient(loss), loss_type="hinge", beta=0.5))
+
+
+def saturated(loss: np.ndarray) -> dict:
+    margin = np.full(30, 3.5)
+    return healthy_steps(loss=loss, rewards_margins=margin, rewards_chosen=np.full(30, 1.0),
+                         rewards_rejected=np.full(30, -2.5), rewards_accuracies=np.ones(30))
+
+
+def test_saturation_assumes_sigmoid_when_the_loss_allows_it():
+    assert "margin-saturation" in codes(findings_of(saturated(np.round(softplus(-np.full(30, 3.5)), 4))))
+
+
+def test_saturation_skips_a_loss_the_sigmoid_cannot_log():
+    # A loss of exactly 0 at margin 3.5, where softplus(-3.5) = 0.03: not the sigmoid default.
+    assert "margin-saturation" not in codes(findings_of(saturated(np.zeros(30))))
+
+
+def robust(margin: np.ndarray, eps: float = 0.1) -> np.ndarray:
+    return ((1 - eps) * softplus(-margin) - eps * softplus(margin)) / (1 - 2 * eps)
+
+
+def negative_loss_steps() -> dict:
+    margin = np.linspace(0.5, 3.0, 30)
+    return healthy_steps(loss=robust(margin), rewards_margins=margin, rewards_chosen=0.5 * margin,
+                         rewards_rejected=-0.5 * margin, rewards_accuracies=np.ones(30))
+
+
+def test_robust_loss_below_zero_obeys_its_bounds():
+    findings = findings_of(negative_loss_steps(), loss_type="robust", label_smoothing=0.1, beta=0.1)
+    assert "metric-identity-violated" not in codes(findings)
+
+
+def test_sigmoid_bounds_broken_by_negative_loss():
+    findings = findings_of(negative_loss_steps(), loss_type="sigmoid", beta=0.1)
+    assert "metric-identity-violated" in codes(findings, "error")

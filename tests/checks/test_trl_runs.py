@@ -1,0 +1,60 @@
+"""Findings on real TRL 1.16 step logs of tiny runs. Their loss variants change what a correct
+log looks like: losses below 0, a loss with a minimum of 0, a loss that lowers the chosen
+likelihood by design, and a trainer without a reference."""
+
+from pathlib import Path
+
+import pytest
+
+import dpodiag
+from synthetic import codes
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "trl_runs"
+
+# (file, declared settings) -> (codes that must appear, codes that must not appear). Errors not
+# listed in the first set must not appear either.
+CASES = {
+    ("dpo-sigmoid.trainer_state.json", ()): (set(), set()),
+    ("dpo-sigmoid.trainer_state.json", (("beta", 0.1), ("loss_type", "sigmoid"))): (set(), set()),
+    # Robust's loss falls below 0 at large margins and its gradient weight never vanishes.
+    ("dpo-robust.trainer_state.json", (("beta", 0.1), ("loss_type", "robust"), ("label_smoothing", 0.1))):
+        (set(), {"margin-saturation"}),
+    ("dpo-robust.trainer_state.json", ()): (set(), {"margin-saturation"}),
+    # Hinge reaches its minimum 0 once every margin passes 1: grad_norm is 0 by design.
+    ("dpo-hinge-b0.5.trainer_state.json", ()): (set(), {"no-learning-signal", "margin-saturation"}),
+    ("dpo-hinge-b0.5.trainer_state.json", (("beta", 0.5), ("loss_type", "hinge"))):
+        (set(), {"no-learning-signal", "margin-saturation"}),
+    # apo_down lowers the chosen likelihood by design.
+    ("dpo-apo_down.trainer_state.json", (("beta", 0.1), ("loss_type", "apo_down"))):
+        (set(), {"likelihood-displacement"}),
+    # DiscoPOP with tau 0.05 has a local minimum at a negative margin, next to the start. The run
+    # settles there, so the logged loss falls as the margin turns negative.
+    ("dpo-discopop.trainer_state.json", ()): ({"preference-direction-inverted"}, set()),
+    # CPOTrainer has no reference: its first loss is the preference loss plus the NLL term.
+    ("cpo-sigmoid.trainer_state.json", (("beta", 0.1), ("loss_type", "sigmoid"))): (set(), set()),
+    ("cpo-sigmoid.console.log", (("beta", 0.1), ("loss_type", "sigmoid"))): (set(), set()),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case[0]}{'+flags' if case[1] else ''}")
+def test_trl_run_findings(case):
+    name, flags = case
+    must, must_not = CASES[case]
+    diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / name, flags=dict(flags)), device="cpu")
+    found = codes(diagnosis.findings)
+    assert must <= found
+    assert not (must_not & found)
+    errors = {f.code for f in diagnosis.findings if f.severity == "error"}
+    assert errors <= must
+
+
+@pytest.mark.parametrize("name", ["cpo-sigmoid.trainer_state.json", "cpo-sigmoid.console.log"])
+def test_cpo_trainer_read_without_reference(name):
+    run, = dpodiag.load(FIXTURES / name)
+    assert run.dialect == "trl-cpo"
+
+
+@pytest.mark.parametrize("name", ["dpo-sigmoid.trainer_state.json", "dpo-robust.trainer_state.json"])
+def test_dpo_trainer_keeps_its_dialect(name):
+    run, = dpodiag.load(FIXTURES / name)
+    assert run.dialect == "trl-v1"
