@@ -55,7 +55,8 @@ def formats_markdown() -> str:
               + ", ".join(f"`{f}`" for f in REJECTED_FORMATS) + ".", "",
               "## Dialects", "",
               "How each trainer names, scales and reduces its metrics; detected from the keys, or "
-              "named with `--dialect`.", "",
+              "named with `--dialect`. TRL's CPOTrainer logs DPOTrainer's keys, so it is told "
+              "apart by its rewards: beta times the policy log-probs in every record.", "",
               "| dialect | versions | rewards x beta | reduction | loss decimals | notes |",
               "|---|---|---|---|---|---|"]
     for dialect in DIALECTS.values():
