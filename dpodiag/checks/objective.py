@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from dpodiag.checks.base import (
     MIN_TREND_STEPS,
     Finding,
@@ -23,6 +25,7 @@ from dpodiag.checks.loss_fits import (
     fits_text,
     identifications,
 )
+from dpodiag.compute.losses import LOSSES, PairBatch
 
 # Below this late-window reward accuracy, a run prefers the rejected responses.
 INVERTED_ACCURACY = 0.4
@@ -57,13 +60,33 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
                      "all the same, so the loss rewards the wrong direction. ")
     if data.pairs is not None:
         loss_text += sign_error_text(data, evidence)
+    causes = "A sign error in the loss or chosen/rejected swapped in collation are the usual causes."
+    if data.run.meta.loss_type == "discopop":
+        causes = discopop_minimum_text(data, evidence)
     return [data.finding(
         "preference-direction-inverted", "Training prefers the rejected responses",
         f"Between {windows_phrase(early, late)}, the mean reward margin moved from "
         f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last window "
-        f"is {late_accuracy:.2f}, below chance.{loss_text}A sign error in the loss or "
-        "chosen/rejected swapped in collation are the usual causes.",
+        f"is {late_accuracy:.2f}, below chance.{loss_text}{causes}",
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
+
+
+def discopop_minimum_text(data: RunData, evidence: dict) -> str:
+    """Return the cause for DiscoPOP: its local minimum at a small negative margin.
+
+    With tau 0.05, the loss rises from margin 0 for small positive margins and falls to a local
+    minimum at a negative margin, so gradient descent from policy = reference can settle there.
+    """
+    beta = data.run.meta.beta or 0.1
+    margins = torch.linspace(-1.0, 0.0, 1001, dtype=torch.float64)
+    values = LOSSES["discopop"].fn(PairBatch(margins / beta, torch.zeros_like(margins)), beta)
+    lowest = float(margins[int(torch.argmin(values))])
+    evidence["discopop_local_minimum_margin"] = lowest
+    return (f"DiscoPOP's loss has a local minimum at the margin {lowest:.3g}, beside margin 0, and "
+            "rises for small positive margins, so training from policy = reference can settle "
+            "at a negative margin: the loss's own shape, not a sign error. Its slope at margin "
+            "0 is (1 - ln 2) / (4 tau) - 3/4, so a discopop_tau above (1 - ln 2) / 3 = 0.102 "
+            "starts it downhill towards positive margins.")
 
 
 def _finite_mean(rows, column: str) -> float | None:

@@ -58,3 +58,11 @@ def test_cpo_trainer_read_without_reference(name):
 def test_dpo_trainer_keeps_its_dialect(name):
     run, = dpodiag.load(FIXTURES / name)
     assert run.dialect == "trl-v1"
+
+
+def test_discopop_inversion_names_its_local_minimum():
+    diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / "dpo-discopop.trainer_state.json",
+                                              flags={"beta": 0.1, "loss_type": "discopop"}), device="cpu")
+    inverted, = [f for f in diagnosis.findings if f.code == "preference-direction-inverted"]
+    assert "local minimum at the margin -0.119" in inverted.message
+    assert "sign error in the loss or" not in inverted.message
