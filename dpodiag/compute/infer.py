@@ -138,15 +138,42 @@ def apply_defaults(run: Run) -> None:
 MAX_BETA_RELATIVE_ERROR = 0.02
 
 
+# Relative spread of rewards / log-probs across records that still counts as one beta: the
+# 4 significant digits of printed dicts leave up to 1e-3.
+REFERENCE_FREE_SPREAD = 3e-3
+
+
+def _beta_from_reference_free_rewards(run: Run) -> None:
+    """Fill beta of a reference-free step log (CPO, SimPO, ORPO in TRL), whose rewards are beta
+    times the policy log-probs, from their ratio when it is one value in every record."""
+    columns = [("rewards_chosen", "logps_chosen"), ("rewards_rejected", "logps_rejected")]
+    ratios = [run.table.filter(pl.col(r).is_finite() & pl.col(l).is_finite() & (pl.col(l) != 0))
+              .select((pl.col(r) / pl.col(l)).alias("ratio")).get_column("ratio")
+              for r, l in columns if {r, l} <= set(run.table.columns)]
+    values = pl.concat(ratios) if ratios else pl.Series("ratio", [], dtype=pl.Float64)
+    if values.len() < 3:
+        return
+    beta = float(values.median())
+    if beta <= 0 or float((values - beta).abs().max()) > REFERENCE_FREE_SPREAD * beta:
+        return
+    run.meta.update({"beta": round(beta, 6)}, "inferred")
+    run.meta.inference["beta"] = {"method": "rewards / policy log-probs, one value in every record",
+                                  "records": values.len()}
+
+
 def infer_step_meta(run: Run) -> None:
-    """Fill beta of a step log from the eval identity, in place, when no source declares it."""
+    """Fill beta of a step log in place, when no source declares it: from the eval identity,
+    or from the rewards of a reference-free log."""
     from dpodiag.compute.identify import fit_eval_identity
     from dpodiag.dialects import DIALECTS
 
     dialect = DIALECTS.get(run.dialect or "")
     if run.meta.beta is not None or dialect is None:
         return
-    if not dialect.rewards_beta_scaled or dialect.reference_free or not dialect.preference:
+    if not dialect.rewards_beta_scaled or not dialect.preference:
+        return
+    if dialect.reference_free:
+        _beta_from_reference_free_rewards(run)
         return
     columns = ["logps_chosen", "rewards_chosen", "logps_rejected", "rewards_rejected"]
     if not set(columns) <= set(run.table.columns):

@@ -2,6 +2,7 @@
 log looks like: losses below 0, a loss with a minimum of 0, a loss that lowers the chosen
 likelihood by design, and a trainer without a reference."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,24 @@ def test_discopop_inversion_names_its_local_minimum():
     inverted, = [f for f in diagnosis.findings if f.code == "preference-direction-inverted"]
     assert "local minimum at the margin -0.119" in inverted.message
     assert "sign error in the loss or" not in inverted.message
+
+
+@pytest.mark.parametrize("name", ["cpo-sigmoid.trainer_state.json", "cpo-sigmoid.console.log"])
+def test_cpo_beta_inferred_from_rewards(name):
+    run, = dpodiag.load(FIXTURES / name)
+    dpodiag.analyse(run, device="cpu")
+    assert run.meta.beta == pytest.approx(0.1, rel=1e-3)
+    assert run.meta.source_of("beta") == "inferred"
+
+
+def test_reference_free_beta_needs_one_ratio(tmp_path):
+    # The same log with the chosen rewards halved from the 20th record on: two ratios, no beta.
+    state = json.loads((FIXTURES / "cpo-sigmoid.trainer_state.json").read_text())
+    for index, record in enumerate(state["log_history"]):
+        if index >= 20 and "rewards/chosen" in record:
+            record["rewards/chosen"] /= 2
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps(state))
+    run, = dpodiag.load(path, dialect="trl-cpo")
+    dpodiag.analyse(run, device="cpu")
+    assert run.meta.beta is None
