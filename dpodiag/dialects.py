@@ -16,8 +16,43 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from dpodiag.errors import UsageError
 from dpodiag.schema import STEP_METRICS
+
+# Relative spread of rewards / policy log-probs across records that still counts as one value
+# (beta, for a trainer without a reference): the 4 significant digits of printed dicts leave up
+# to 1e-3.
+FIXED_RATIO_SPREAD = 3e-3
+
+
+def fixed_reward_ratio(frame: pl.DataFrame, sides: list[tuple[str, str]]) -> float | None:
+    """Return reward / policy log-prob when it is one positive value in every record, else None.
+
+    `sides` are (reward column, log-prob column) pairs, all of which must be in `frame` with
+    three or more records each where both are finite and the log-prob is not 0. A trainer
+    without a reference logs rewards = beta * log-probs, so the value is its beta; a
+    reference-based trainer's rewards start near 0 whatever the log-probs are.
+    """
+    ratios = []
+    for reward, logps in sides:
+        if not {reward, logps} <= set(frame.columns):
+            return None
+        values = frame.select((pl.col(reward).cast(pl.Float64, strict=False)
+                               / pl.col(logps).cast(pl.Float64, strict=False)).alias("ratio"),
+                              pl.col(logps).cast(pl.Float64, strict=False).alias("logps"))
+        values = values.filter(pl.col("ratio").is_finite() & (pl.col("logps") != 0)).get_column("ratio")
+        if values.len() < 3:
+            return None
+        ratios.append(values)
+    if not ratios:
+        return None
+    values = pl.concat(ratios)
+    middle = float(values.median())
+    if middle <= 0 or float((values - middle).abs().max()) > FIXED_RATIO_SPREAD * middle:
+        return None
+    return middle
 
 # Canonical names for metrics outside schema.STEP_METRICS, with the meaning of each.
 EXTRA_METRICS: dict[str, str] = {

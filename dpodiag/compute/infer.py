@@ -138,27 +138,17 @@ def apply_defaults(run: Run) -> None:
 MAX_BETA_RELATIVE_ERROR = 0.02
 
 
-# Relative spread of rewards / log-probs across records that still counts as one beta: the
-# 4 significant digits of printed dicts leave up to 1e-3.
-REFERENCE_FREE_SPREAD = 3e-3
-
-
 def _beta_from_reference_free_rewards(run: Run) -> None:
     """Fill beta of a reference-free step log (CPO, SimPO, ORPO in TRL), whose rewards are beta
     times the policy log-probs, from their ratio when it is one value in every record."""
-    columns = [("rewards_chosen", "logps_chosen"), ("rewards_rejected", "logps_rejected")]
-    ratios = [run.table.filter(pl.col(r).is_finite() & pl.col(l).is_finite() & (pl.col(l) != 0))
-              .select((pl.col(r) / pl.col(l)).alias("ratio")).get_column("ratio")
-              for r, l in columns if {r, l} <= set(run.table.columns)]
-    values = pl.concat(ratios) if ratios else pl.Series("ratio", [], dtype=pl.Float64)
-    if values.len() < 3:
-        return
-    beta = float(values.median())
-    if beta <= 0 or float((values - beta).abs().max()) > REFERENCE_FREE_SPREAD * beta:
+    from dpodiag.dialects import fixed_reward_ratio
+
+    sides = [("rewards_chosen", "logps_chosen"), ("rewards_rejected", "logps_rejected")]
+    beta = fixed_reward_ratio(run.table, sides)
+    if beta is None:
         return
     run.meta.update({"beta": round(beta, 6)}, "inferred")
-    run.meta.inference["beta"] = {"method": "rewards / policy log-probs, one value in every record",
-                                  "records": values.len()}
+    run.meta.inference["beta"] = {"method": "rewards / policy log-probs, one value in every record"}
 
 
 def infer_step_meta(run: Run) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from dpodiag.dialects import (
-    EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, get_dialect,
-    split_key,
+    EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, fixed_reward_ratio,
+    get_dialect, split_key,
 )
 from dpodiag.errors import InputError, NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
@@ -95,7 +95,10 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
         source = pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
     chosen = get_dialect(dialect) if dialect else detect_dialect(
         keys, {"format": raw.format, **raw.hints})
-    if dialect is None and chosen.name in ("trl", "trl-legacy") and _rewards_fixed_multiple(source):
+    # TRL 1.16's CPOTrainer logs the keys of DPOTrainer 0.14-0.28 (and nll_loss), so only its
+    # rewards, beta * policy log-probs in every record, tell the two apart.
+    sides = [("rewards/chosen", "logps/chosen"), ("rewards/rejected", "logps/rejected")]
+    if dialect is None and chosen.name in ("trl", "trl-legacy") and fixed_reward_ratio(source, sides):
         chosen = get_dialect("trl-cpo")
         notes.append("read as TRL CPOTrainer: the rewards are one multiple (beta) of the policy "
                      "log-probs in every record, so there is no reference")
@@ -119,36 +122,6 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     return Run(name=name, source=str(path), level="steps", table=table, meta=meta,
                format=raw.format, dialect=chosen.name, column_mapping=plan.mapping, notes=notes,
                step_source="logged" if plan.step_keys else "counted")
-
-
-# Relative spread of rewards / log-probs across records that still counts as one multiple: the
-# 4 significant digits of printed dicts leave up to 1e-3.
-FIXED_MULTIPLE_SPREAD = 3e-3
-
-
-def _rewards_fixed_multiple(source: pl.DataFrame) -> bool:
-    """True when the train rewards are one positive multiple of the policy log-probs in three or
-    more records, on both sides.
-
-    DPOTrainer's rewards are beta (log pi - log pi_ref), near 0 at the start, so their ratio to
-    the log-probs varies. CPOTrainer's rewards are beta log pi with no reference, a ratio of
-    beta in every record. TRL 1.16's CPOTrainer logs the keys of DPOTrainer 0.14-0.28 (and
-    nll_loss), so only the values tell the two apart.
-    """
-    ratios = []
-    for side in ("chosen", "rejected"):
-        reward, logps = f"rewards/{side}", f"logps/{side}"
-        if not {reward, logps} <= set(source.columns):
-            return False
-        pairs = source.select(pl.col(reward).cast(pl.Float64, strict=False).alias("r"),
-                              pl.col(logps).cast(pl.Float64, strict=False).alias("l"))
-        pairs = pairs.filter(pl.col("r").is_finite() & pl.col("l").is_finite() & (pl.col("l") != 0))
-        if pairs.height < 3:
-            return False
-        ratios.append(pairs.get_column("r") / pairs.get_column("l"))
-    values = pl.concat(ratios)
-    middle = float(values.median())
-    return middle > 0 and float((values - middle).abs().max()) <= FIXED_MULTIPLE_SPREAD * middle
 
 
 @dataclass
