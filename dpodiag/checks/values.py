@@ -214,12 +214,20 @@ def duplicate_steps(data: RunData) -> list[Finding]:
         if backwards == 0:
             continue
         first = int(rows.filter(steps.diff() <= 0).get_column("step")[0])
+        repeated = steps.len() - steps.n_unique()
+        if repeated:
+            cause = (f"{repeated} step number(s) occur more than once, as when a resumed run "
+                     "appends to the log")
+        else:
+            cause = ("no step number occurs twice, so the records were written or merged out of "
+                     "order rather than repeated")
         findings.append(data.finding(
             "duplicate-steps", f"The {split} steps repeat or go backwards {backwards} time(s)",
             f"In record order the {split} step number fails to increase {backwards} time(s), first "
-            f"at step {first}: a resumed run appended to the log. Every record is kept; charts "
-            "show repeated steps as they were logged.",
-            split=split, step=first, evidence={"non_increasing": backwards, "first_step": first}))
+            f"at step {first}: {cause}. Every record is kept; charts show the steps as they were "
+            "logged.",
+            split=split, step=first, evidence={"non_increasing": backwards, "first_step": first,
+                                               "repeated_steps": repeated}))
     return findings
 
 

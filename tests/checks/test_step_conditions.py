@@ -87,3 +87,17 @@ def test_robust_loss_below_zero_obeys_its_bounds():
 def test_sigmoid_bounds_broken_by_negative_loss():
     findings = findings_of(negative_loss_steps(), loss_type="sigmoid", beta=0.1)
     assert "metric-identity-violated" in codes(findings, "error")
+
+
+def test_repeated_steps_read_as_resumed_run():
+    rows = healthy_steps()
+    rows["step"] = np.concatenate([np.arange(1, 21), np.arange(11, 21)])
+    duplicate, = [f for f in findings_of(rows) if f.code == "duplicate-steps"]
+    assert "occur more than once" in duplicate.message
+
+
+def test_reordered_steps_read_as_out_of_order():
+    rows = healthy_steps()
+    rows["step"] = np.concatenate([np.arange(1, 11), np.arange(21, 31), np.arange(11, 21)])
+    duplicate, = [f for f in findings_of(rows) if f.code == "duplicate-steps"]
+    assert "out of order" in duplicate.message
