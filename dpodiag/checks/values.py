@@ -43,7 +43,8 @@ def non_finite_values(data: RunData) -> list[Finding]:
     # The rows with a non-finite value: how many, at which steps, and whether the loss hides them.
     bad = table.filter(pl.any_horizontal([is_bad[c] for c in bad_by_column]))
     summary = [pl.len().alias("rows")]
-    if "loss" in columns and "loss" not in bad_by_column:
+    if "loss" in columns:
+        # NaN compares unequal to 0, so this counts finite zeros only.
         summary.append((pl.col("loss") == 0).sum().alias("zero_loss"))
     bad_summary, bad_steps = pl.collect_all([bad.select(summary), bad.select(pl.col("step").unique().sort())],
                                             engine=data.engine)
@@ -51,7 +52,7 @@ def non_finite_values(data: RunData) -> list[Finding]:
     steps = bad_steps.get_column("step").to_list()
     first_step = int(steps[0])
     share = rows / total
-    listed = ", ".join(f"{c} ({n})" for c, n in bad_by_column.items())
+    listed = ", ".join(f"{c} ({n}{_splits_of(data, table, is_bad[c])})" for c, n in bad_by_column.items())
     hidden = ""
     zero = int(bad_summary.get_column("zero_loss")[0]) if "zero_loss" in bad_summary.columns else 0
     if zero:
@@ -65,6 +66,16 @@ def non_finite_values(data: RunData) -> list[Finding]:
         step=first_step,
         evidence={"rows": rows, "share": share, "first_step": first_step,
                   "steps": steps[:20], "columns": bad_by_column})]
+
+
+def _splits_of(data: RunData, table: pl.LazyFrame, bad: pl.Expr) -> str:
+    """Return ", eval" or ", train and eval": the splits that hold the rows where `bad` is
+    true, for a run with more than one split; "" otherwise."""
+    if len(data.run.splits) < 2:
+        return ""
+    splits = data.collect(table.filter(bad).select(pl.col("split").unique())).get_column("split").to_list()
+    ordered = [split for split in data.run.splits if split in splits]
+    return ", " + " and ".join(ordered)
 
 
 @check("invalid-logprobs", "error", ("pairs",),

@@ -7,7 +7,7 @@ from dpodiag.checks import run_checks
 from dpodiag.pipeline import analyse
 from synthetic import codes, softplus
 
-from cases import healthy_steps, step_run
+from cases import healthy_steps, step_run, with_evals
 
 
 def findings_of(rows, **meta):
@@ -101,3 +101,17 @@ def test_reordered_steps_read_as_out_of_order():
     rows["step"] = np.concatenate([np.arange(1, 11), np.arange(21, 31), np.arange(11, 21)])
     duplicate, = [f for f in findings_of(rows) if f.code == "duplicate-steps"]
     assert "out of order" in duplicate.message
+
+
+def test_nan_message_counts_zero_train_loss_beside_nan_eval_loss():
+    # The HF Trainer logs a train loss of 0 for NaN steps; the eval loss is NaN outright.
+    rows = healthy_steps()
+    nan = np.arange(1, 31) > 20
+    for column in ("rewards_chosen", "rewards_rejected", "rewards_margins"):
+        rows[column] = np.where(nan, np.nan, rows[column])
+    rows["loss"] = np.where(nan, 0.0, rows["loss"])
+    evals = {"step": np.array([10, 20, 30]), "loss": np.array([0.6, 0.55, np.nan]),
+             "rewards_margins": np.array([0.5, 1.0, np.nan])}
+    nonfinite, = [f for f in findings_of(with_evals(rows, evals)) if f.code == "non-finite-values"]
+    assert "loss (1, eval)" in nonfinite.message
+    assert "exactly 0 at 10 of these records" in nonfinite.message
