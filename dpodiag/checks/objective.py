@@ -17,6 +17,7 @@ from dpodiag.checks.base import (
 from dpodiag.checks.eval_identity import beta_from_eval_identity
 from dpodiag.checks.epoch_dips import dips_at_epoch_ends
 from dpodiag.checks.first_record import loss_type_at_first_record, scale_at_first_record
+from dpodiag.checks.loss_shape import loss_rises_with_margin
 from dpodiag.checks.loss_fits import (
     declared_fails,
     explained_by_declared_family,
@@ -186,7 +187,13 @@ def loss_scale_mismatch(data: RunData) -> list[Finding]:
        fix="Check which loss the trainer really computes and record that loss_type.")
 def loss_type_mismatch(data: RunData) -> list[Finding]:
     if data.pairs is None:
-        return loss_type_at_first_record(data)
+        # The first records decide where they exist; the loss's direction against the margin
+        # over the run decides otherwise.
+        try:
+            found = loss_type_at_first_record(data)
+        except Skip:
+            found = []
+        return found or loss_rises_with_margin(data)
     hits = {}
     for split, ident in identifications(data).items():
         if not declared_fails(ident) or explained_by_declared_family(ident):
