@@ -84,7 +84,7 @@ def test_rows_without_run_name_join_default_run(tmp_path):
     assert runs["mixed"].table.height == unnamed.height
 
 
-def test_single_run_file_is_deferred_like_a_multi_run_file(tmp_path):
+def test_single_run_file_deferred(tmp_path):
     # A file without a run column is one run; with defer it is read on materialise, into the
     # table that an eager read gives.
     path = write_parquet(make_pairs(steps=8, pairs=8, seed=3), tmp_path / "one.parquet", beta=0.1)

@@ -27,12 +27,12 @@ def char_tokenizer():
                                    eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_llama(tokenizer, seed: int = 0):
-    """Return a randomly initialised 2-layer Llama of width 16 for `tokenizer`'s vocabulary."""
+def tiny_llama(tokenizer, seed: int = 0, width: int = 16):
+    """Return a randomly initialised 2-layer Llama of `width` for `tokenizer`'s vocabulary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                          max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

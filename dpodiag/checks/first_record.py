@@ -20,7 +20,7 @@ def records_before_update(data: RunData) -> list[pl.DataFrame]:
     """Return the records whose pairs were scored with the policy equal to the reference.
 
     These are an evaluation at step 0, and the first train record when it is logged at step 0
-    or 1 and covers that one step only: the loss logged at step 1 comes from the forward pass
+    or 1 and covers that one step only. The loss logged at step 1 comes from the forward pass
     before the first update. Without such a train record, the first train record whose rewards
     are exactly 0 on both sides counts, wherever it falls (a learning rate still 0 in warm-up,
     a log without a step key). Counted steps place no record before an update, so only that
@@ -192,11 +192,15 @@ def loss_type_at_first_record(data: RunData) -> list[Finding]:
     if match is None or not (rewards_zero or "first_rewards" not in evidence):
         return []
     name, value = match
+    if "loss_at_logged_margin" in evidence:
+        value_kind, declared = "value at the logged margins", evidence["loss_at_logged_margin"]
+    else:
+        value_kind, declared = "zero-margin value", evidence["zero_margin_loss"]
     return [data.finding(
-        "loss-type-mismatch", f"The first logged loss is {name}'s zero-margin value",
+        "loss-type-mismatch", f"The first logged loss is {name}'s {value_kind}",
         f"Before any update the {evidence['split']} loss is {evidence['first_loss']:.4g}, which is "
-        f"the zero-margin value of {name} ({value:.4g}), not of the recorded "
-        f"{evidence['loss_type']} ({evidence['zero_margin_loss']:.4g}). The trainer computed "
+        f"the {value_kind} of {name} ({value:.4g}), not of the recorded "
+        f"{evidence['loss_type']} ({declared:.4g}). The trainer computed "
         f"{name}.", split=evidence["split"], step=evidence["step"],
         evidence={**evidence, "matching_loss_type": name, "matching_value": value})]
 

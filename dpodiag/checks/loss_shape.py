@@ -25,10 +25,12 @@ def loss_rises_with_margin(data: RunData) -> list[Finding]:
     loss_type, source = data.loss_type_for_checks(allow_default=False)
     if loss_type not in NON_INCREASING_LOSSES:
         raise Skip("the loss type is not declared, or its loss may rise with the margin")
+
     dialect = data.dialect
     if dialect is not None and (not dialect.rewards_beta_scaled or not dialect.paired
                                 or dialect.reduction.startswith("rank-local")):
         raise Skip(f"{dialect.name} margins are not beta-scaled pair means")
+
     train = data.split_steps("train")
     if not {"loss", "rewards_margins"} <= set(train.columns):
         raise Skip("needs the train loss and rewards_margins")
@@ -41,7 +43,9 @@ def loss_rises_with_margin(data: RunData) -> list[Finding]:
     correlation = rows.select(pl.corr("loss", "rewards_margins", method="spearman")).item()
     if correlation is None or not correlation > RISING_CORRELATION:
         return []
-    low, high = rows.sort("rewards_margins").row(0, named=True), rows.sort("rewards_margins").row(-1, named=True)
+
+    ordered = rows.sort("rewards_margins")
+    low, high = ordered.row(0, named=True), ordered.row(-1, named=True)
     return [data.finding(
         "loss-type-mismatch", f"The logged loss rises with the margin, which {loss_type} never does",
         f"Across {rows.height} train records the logged loss rises with the mean margin (rank "

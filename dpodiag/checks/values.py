@@ -52,7 +52,8 @@ def non_finite_values(data: RunData) -> list[Finding]:
     steps = bad_steps.get_column("step").to_list()
     first_step = int(steps[0])
     share = rows / total
-    listed = ", ".join(f"{c} ({n}{_splits_of(data, table, is_bad[c])})" for c, n in bad_by_column.items())
+    splits = _splits_by_column(data, bad, {c: is_bad[c] for c in bad_by_column})
+    listed = ", ".join(f"{c} ({n}{splits[c]})" for c, n in bad_by_column.items())
     hidden = ""
     zero = int(bad_summary.get_column("zero_loss")[0]) if "zero_loss" in bad_summary.columns else 0
     if zero:
@@ -68,14 +69,20 @@ def non_finite_values(data: RunData) -> list[Finding]:
                   "steps": steps[:20], "columns": bad_by_column})]
 
 
-def _splits_of(data: RunData, table: pl.LazyFrame, bad: pl.Expr) -> str:
-    """Return ", eval" or ", train and eval": the splits that hold the rows where `bad` is
-    true, for a run with more than one split; "" otherwise."""
+def _splits_by_column(data: RunData, bad_rows: pl.LazyFrame, is_bad: dict[str, pl.Expr]) -> dict[str, str]:
+    """Return, per column, ", eval" or ", train and eval": the splits of its non-finite values.
+
+    One pass over `bad_rows` (the rows with a non-finite value) counts them per split. A run
+    with one split gets "" for every column.
+    """
     if len(data.run.splits) < 2:
-        return ""
-    splits = data.collect(table.filter(bad).select(pl.col("split").unique())).get_column("split").to_list()
-    ordered = [split for split in data.run.splits if split in splits]
-    return ", " + " and ".join(ordered)
+        return {column: "" for column in is_bad}
+    counts = data.collect(bad_rows.group_by("split").agg(expr.sum().alias(c) for c, expr in is_bad.items()))
+    text = {}
+    for column in is_bad:
+        present = set(counts.filter(pl.col(column) > 0).get_column("split").to_list())
+        text[column] = ", " + " and ".join(split for split in data.run.splits if split in present)
+    return text
 
 
 @check("invalid-logprobs", "error", ("pairs",),

@@ -1,6 +1,6 @@
 """Names of the loss variants, without torch, for code that validates a declared loss type.
 
-`dpodiag.compute.losses.LOSSES` holds the per-pair function of each name in `PAIRED_LOSS_TYPES`.
+`dpodiag.compute.losses.LOSSES` maps each name in `PAIRED_LOSS_TYPES` to its per-pair function.
 Reading a log needs only these names, so it does not wait for torch to import.
 """
 

@@ -103,7 +103,7 @@ def test_reordered_steps_read_as_out_of_order():
     assert "out of order" in duplicate.message
 
 
-def test_nan_message_counts_zero_train_loss_beside_nan_eval_loss():
+def test_nan_message_counts_zero_train_loss():
     # The HF Trainer logs a train loss of 0 for NaN steps; the eval loss is NaN outright.
     rows = healthy_steps()
     nan = np.arange(1, 31) > 20
@@ -115,3 +115,30 @@ def test_nan_message_counts_zero_train_loss_beside_nan_eval_loss():
     nonfinite, = [f for f in findings_of(with_evals(rows, evals)) if f.code == "non-finite-values"]
     assert "loss (1, eval)" in nonfinite.message
     assert "exactly 0 at 10 of these records" in nonfinite.message
+
+
+def margins_rising_to(top: float, loss_of) -> dict:
+    """Records from step 11 on, so that none comes before the first update, with margins from
+    0.1 to `top` and the loss `loss_of(margin)`."""
+    margin = np.linspace(0.1, top, 30)
+    return healthy_steps(step=np.arange(11, 41), loss=loss_of(margin), rewards_margins=margin,
+                         rewards_chosen=0.5 * margin, rewards_rejected=-0.5 * margin,
+                         rewards_accuracies=np.full(30, 0.9))
+
+
+def test_loss_rising_with_margin_is_not_sigmoid():
+    # IPO on summed log-ratios past its target: (m / beta - 1 / (2 beta))^2 grows with m.
+    rows = margins_rising_to(3.0, lambda m: (m / 0.1 - 5) ** 2)
+    mismatch = [f for f in findings_of(rows, beta=0.1, loss_type="sigmoid") if f.code == "loss-type-mismatch"]
+    assert len(mismatch) == 1
+    assert "rises with the mean margin" in mismatch[0].message
+
+
+def test_loss_falling_with_margin_is_sigmoid():
+    rows = margins_rising_to(3.0, lambda m: softplus(-m))
+    assert "loss-type-mismatch" not in codes(findings_of(rows, beta=0.1, loss_type="sigmoid"))
+
+
+def test_rising_loss_needs_a_declared_loss():
+    rows = margins_rising_to(3.0, lambda m: (m / 0.1 - 5) ** 2)
+    assert "loss-type-mismatch" not in codes(findings_of(rows))

@@ -120,5 +120,5 @@ def test_canonical_loss_type(name, expected):
     assert canonical_loss_type(name) == expected
 
 
-def test_the_torch_free_names_list_the_registry_in_order():
+def test_loss_names_match_registry_order():
     assert tuple(LOSSES) == PAIRED_LOSS_TYPES
