@@ -44,6 +44,7 @@ def example_summary(data: RunData) -> pl.DataFrame:
     """Summarise every (split, example_id) of a pair table with example ids in one row (cached).
 
     Columns: `identified`, whether the example has an id; `rows`, the scorings of the example;
+    `step_span`, the last step minus the first step at which it was scored;
     `same`, whether every scoring has identical responses; `policy_scored` and `policy_spread`,
     the finite policy chosen log-probs and their max - min; `reference_scored`,
     `reference_spread` and `reference_size` (mean |value|) of the finite reference chosen
@@ -57,7 +58,8 @@ def example_summary(data: RunData) -> pl.DataFrame:
         # expressions inside the aggregation on a 10-million-row log. A statistic that the
         # whole table decides (no missing id, no identical pair, no NaN, Inf or null) is a
         # constant instead of an aggregation.
-        prepared, aggregations = [], [pl.len().alias("rows")]
+        prepared = [pl.col("step")]
+        aggregations = [pl.len().alias("rows"), (pl.col("step").max() - pl.col("step").min()).alias("step_span")]
         if facts["example_id"]:
             aggregations.append(pl.lit(True).alias("identified"))
         else:
@@ -119,18 +121,24 @@ def has_example_ids(data: RunData) -> bool:
 
 
 def policy_movement(data: RunData) -> float | None:
-    """Largest change of one example's policy chosen log-prob across steps (nats).
+    """Largest change of one example's policy chosen log-prob across its scorings (nats).
 
-    Without example ids, the range of the per-step mean is used instead. None without policy
-    log-probs.
+    Only examples scored at two or more steps can show a change (its scorings at one step are
+    one policy). Without such examples, the
+    per-step means of the policy chosen log-prob decide one case: when a split has two or more
+    steps and the same mean at each (an eval set without ids, scored again), the policy never
+    changed (0.0). Means that differ come from different examples as much as from training, so
+    the movement is unknown then (None). None without policy log-probs.
     """
     if "policy_chosen_logps" not in data.pair_columns:
         return None
     if "example_id" in data.pair_columns:
         summary = example_summary(data)
-        with_ids = summary.filter(pl.col("identified") & (pl.col("policy_scored") > 0))
-        if with_ids.height:
-            return float(summary.get_column("policy_spread").max() or 0.0)
+        repeated = summary.filter(pl.col("identified") & (pl.col("policy_scored") > 1) & (pl.col("step_span") > 0))
+        if repeated.height:
+            return float(repeated.get_column("policy_spread").max() or 0.0)
     finite = data.scan_pairs().filter(pl.col("policy_chosen_logps").is_finite())
     means = data.collect(finite.group_by(["split", "step"]).agg(pl.col("policy_chosen_logps").mean().alias("m")))
-    return float(means.get_column("m").max() - means.get_column("m").min())
+    per_split = means.group_by("split").agg(pl.len().alias("steps"), pl.col("m").n_unique().alias("distinct"))
+    unchanged = per_split.filter((pl.col("steps") > 1) & (pl.col("distinct") == 1))
+    return 0.0 if unchanged.height else None

@@ -113,17 +113,24 @@ def reference_tracks_policy(data: RunData) -> list[Finding]:
         return []
 
     # The policy must have moved, or the zeros are explained by a policy that never changed.
+    # When the log cannot tell (no example scored twice, or no policy log-probs), zeros at every
+    # later step are still an error: one of the two bugs is there.
     moved = policy_movement(data)
-    if moved is None:
-        raise Skip("log-ratios are 0 but the log has no policy log-probs to tell whether the policy moved")
     if moved == 0:
         return []
+    if moved is None:
+        movement = ("The log cannot tell whether the policy moved (no example is scored at two "
+                    "steps), so a policy that never updates would look the same; either way the "
+                    "objective has no signal. If gradients flow, the reference")
+    else:
+        movement = (f"The policy's log-prob of the same examples changed by up to {moved:.3g} nats, "
+                    "so the reference")
     return [data.finding(
         "reference-tracks-policy", "Reference log-probs equal the policy's after the first update",
         f"{zero_share:.1%} of the {later_rows} pairs scored after step {first} have log-ratios of "
-        f"exactly 0, while the policy's log-prob of the same examples changed by up to {moved:.3g} "
-        "nats. Rewards and margins are 0 and the loss stays at its zero-margin value: the reference "
-        "is computed with the training weights. Score it with a frozen copy of the initial policy.",
+        f"exactly 0: rewards and margins are 0 and the loss stays at its zero-margin value. "
+        f"{movement} is computed with the training weights. Score it with a frozen copy of the "
+        "initial policy.",
         step=int(later_step),
         evidence={"zero_logratio_share": zero_share, "pairs": later_rows,
                   "policy_logps_change": moved})]

@@ -42,6 +42,38 @@ def test_reference_tracks_policy_skipped_for_reference_free_loss(check_frame):
     assert "reference-free" in skipped.evidence["skipped"]["reference-tracks-policy"]
 
 
+def scored_once(frame):
+    """Every scoring under its own example id: one epoch, no evaluation set scored twice."""
+    return frame.with_columns(example_id=pl.format("{}-{}", "example_id", "step"))
+
+
+def test_reference_tracks_policy_fires_when_no_example_is_scored_twice(check_frame):
+    findings = check_frame(scored_once(tracking(make_pairs(eval_every=5))))
+    (finding,) = [f for f in findings if f.code == "reference-tracks-policy"]
+    assert finding.evidence["policy_logps_change"] is None
+    assert "cannot tell whether the policy moved" in finding.message
+
+
+# no-learning-signal
+
+def test_no_learning_signal_fires_when_scored_examples_never_change(check_frame):
+    frozen = make_pairs(chosen_drift=0, rejected_drift=0, noise=0)
+    (finding,) = [f for f in check_frame(frozen) if f.code == "no-learning-signal"]
+    assert finding.evidence["steps"] == 30
+
+
+def test_no_learning_signal_silent_when_no_example_is_scored_twice(check_frame):
+    findings = check_frame(scored_once(make_pairs()))
+    assert "no-learning-signal" not in codes(findings)
+    assert codes(findings, "error") == set()
+
+
+def test_no_learning_signal_ignores_rows_repeated_within_a_step(check_frame):
+    # The same pairs logged twice at each step (two writers) are one scoring of each example.
+    once = scored_once(make_pairs())
+    assert "no-learning-signal" not in codes(check_frame(pl.concat([once, once])))
+
+
 # reference-missing
 
 def test_reference_missing_fires_without_reference_columns(check_frame):

@@ -55,7 +55,8 @@ def expected_summary(data) -> pl.DataFrame:
     same = ((pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps"))
             & pl.col("policy_chosen_logps").is_finite()).fill_null(False)
     query = data.scan_pairs().group_by(per_example.EXAMPLE_KEY).agg(
-        pl.len().alias("rows"), pl.col("example_id").is_not_null().any().alias("identified"),
+        pl.len().alias("rows"), (pl.col("step").max() - pl.col("step").min()).alias("step_span"),
+        pl.col("example_id").is_not_null().any().alias("identified"),
         same.all().alias("same"),
         finite("policy_chosen_logps").count().alias("policy_scored"),
         (finite("policy_chosen_logps").max() - finite("policy_chosen_logps").min()).alias("policy_spread"),
