@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, own_columns, read_parquet_meta, run_entry
-from dpodiag.io.source import logical_suffix, table_error, table_source
+from dpodiag.io.source import check_content, logical_suffix, ragged_csv_error, table_error, table_source
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
@@ -238,6 +238,7 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
     first = shards[0] if shards else path
     fmt = pair_format(first) or "parquet"
     notes: list[str] = []
+    check_content(first, fmt)
     source = table_source(first, fmt, notes)
     names, key_value = read_columns(first, fmt, source)
     mapping = map_columns(path, names, column_map)
@@ -279,6 +280,9 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
         tables = reader.streamed_tables() if stream else reader.tables()
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
         raise table_error(path, fmt, exc) from None
+    if fmt == "csv" and not stream and any(table.null_count().sum_horizontal().item() for table in tables.values()):
+        if ragged := ragged_csv_error(path, source, separator):
+            raise ragged
 
     # One Run per run name; the file's stem names a file with a single run.
     file_meta = read_parquet_meta(first, key_value) if fmt == "parquet" else {}

@@ -23,6 +23,10 @@ GZIP_WBITS = zlib.MAX_WBITS | 16
 UTF8_BOM = codecs.BOM_UTF8
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 BLOCK_BYTES = 1 << 16
+# The first bytes of binary table files, which a text reader would misread.
+BINARY_MAGIC = {b"PAR1": "parquet", b"ARROW1": "arrow"}
+SUFFIX_OF_FORMAT = {"parquet": ".parquet", "arrow": ".arrow", "csv": ".csv", "jsonl": ".jsonl"}
+FORMAT_NAMES = {"parquet": "a Parquet", "arrow": "an Arrow IPC", "csv": "a CSV", "jsonl": "a JSONL"}
 
 
 def is_gzip(path: Path) -> bool:
@@ -151,6 +155,44 @@ def table_source(path: Path, fmt: str, notes: list[str] | None = None) -> Path |
     return io.BytesIO(_drop_cut_last_line(path, fmt, data, notes))
 
 
+def check_content(path: Path, fmt: str) -> None:
+    """Raise when the first bytes of `path` show another table format than its name gives.
+
+    A parquet or Arrow file starts with its magic bytes; a text table does not. A file renamed
+    by mistake would otherwise fail later with a message about missing columns or a footer.
+
+    Raises:
+        InputError: the content is parquet or Arrow under a text name, or text under a parquet
+            or Arrow name.
+    """
+    head = read_head(path, 8)
+    magic, found = next(((magic, name) for magic, name in BINARY_MAGIC.items() if head.startswith(magic)),
+                        (b"", None))
+    if fmt in ("csv", "jsonl") and found:
+        raise InputError(path, f"is {FORMAT_NAMES[found]} file (it starts with {magic.decode()}) but its name ends "
+                         f"in {logical_suffix(path)}", f"rename it to end in {SUFFIX_OF_FORMAT[found]}")
+    if fmt in ("parquet", "arrow") and found != fmt and head:
+        if found:
+            what, other = f"{FORMAT_NAMES[found]} file", found
+        elif _is_text(head):
+            other = "jsonl" if head.lstrip().startswith(b"{") else "csv"
+            what = f"text that reads like {FORMAT_NAMES[other]} table"
+        elif fmt == "parquet":
+            what, other = "data of another format (it does not start with PAR1)", None
+        else:
+            return  # an Arrow stream or Feather file; the Arrow reader decides
+        fix = f"rename it to end in {SUFFIX_OF_FORMAT[other]}" if other else f"pass a {fmt} file"
+        raise InputError(path, f"is not {FORMAT_NAMES[fmt]} file: it holds {what}", fix)
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(byte >= 0x20 or byte in b"\t\r\n" for byte in head)
+
+
 def reject_utf16(path: Path, head: bytes) -> None:
     """Raise when `head` starts with a UTF-16 byte-order mark: the readers expect UTF-8."""
     if head[:2] in UTF16_BOMS:
@@ -207,17 +249,71 @@ def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | No
 
 
 def table_error(path: Path, fmt: str, error: Exception) -> InputError:
-    """Return the InputError for a table that polars or pyarrow cannot read."""
+    """Return the InputError for a table that polars or pyarrow cannot read: the line at fault
+    where a text table has one."""
     text = str(error).strip()
     first = text.splitlines()[0][:200] if text else type(error).__name__
     lowered = text.lower()
     if "utf-8" in lowered or "utf8" in lowered:
         return _utf8_error(path)
+    if fmt == "jsonl" and (line_error := jsonl_line_error(path)):
+        return line_error
+    if fmt == "csv" and "fields" in lowered:
+        separator = "\t" if logical_suffix(path) == ".tsv" else ","
+        if ragged := ragged_csv_error(path, path, separator):
+            return ragged
     if fmt == "parquet" and ("magic bytes" in lowered or "footer" in lowered):
         return InputError(path, "ends before its parquet footer (the writer crashed or is still "
                           "writing it)", "pass the file after its writer has closed it")
     return InputError(path, f"cannot read the {fmt} table ({first})",
                       f"check that it is a complete {fmt} file")
+
+
+def jsonl_line_error(path: Path) -> InputError | None:
+    """Return the error for the first line of a JSONL file that is not a JSON object, if any."""
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as error:
+            reason = getattr(error, "msg", str(error)).removesuffix(" at").removesuffix(" starting")
+            column = getattr(error, "colno", None)
+            where = f", character {column}" if column else ""
+            return InputError(path, f"line {number}{where}: not valid JSON ({reason.lower()})",
+                              "repair or remove that line; every line must be one JSON object")
+        if not isinstance(value, dict):
+            return InputError(path, f"line {number}: a JSON {type(value).__name__} where an object "
+                              "is expected", "write one JSON object per line")
+    return None
+
+
+def ragged_csv_error(path: Path, source: Path | io.BytesIO, separator: str) -> InputError | None:
+    """Return the error for the first row of a CSV table with more or fewer fields than its
+    header, if any. `source` is what was read in place of `path` (see `table_source`).
+
+    Polars reads a row with too few fields as nulls in its last columns, so a reader calls this
+    when a text table has nulls, to tell a broken line from values that are missing.
+    """
+    if isinstance(source, io.BytesIO):
+        stream = io.StringIO(source.getvalue().decode("utf-8", errors="replace"))
+    elif is_gzip(path):
+        stream = io.StringIO(read_text(path))
+    else:
+        stream = open(source, encoding="utf-8-sig", errors="replace", newline="")
+    with stream:
+        reader = csv.reader(stream, delimiter=separator)
+        width = len(next(reader, []))
+        try:
+            for row in reader:
+                if row and len(row) != width:
+                    return InputError(path, f"line {reader.line_num}: {len(row)} fields where the "
+                                      f"header has {width}",
+                                      "repair or remove that line (a cut line, or a value with an "
+                                      "unquoted separator)")
+        except csv.Error:
+            return None  # a field over the csv module's size limit; polars read it
+    return None
 
 
 def _utf8_error(path: Path) -> InputError:

@@ -192,6 +192,33 @@ def build_truncated_parquet(folder: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def build_parquet_named_csv(folder: Path) -> None:
+    pair_frame().write_parquet(folder / "pairs.csv")
+
+
+def build_csv_named_parquet(folder: Path) -> None:
+    write(folder, "pairs.parquet", pairs_csv())
+
+
+def build_short_row_csv(folder: Path) -> None:
+    # The fifth data row (line 6) lost its fields after the fourth, with complete rows after it.
+    lines = pairs_csv().splitlines(keepends=True)
+    lines[5] = ",".join(lines[5].split(",")[:4]) + "\n"
+    write(folder, "pairs.csv", "".join(lines))
+
+
+def build_long_row_csv(folder: Path) -> None:
+    lines = pairs_csv().splitlines(keepends=True)
+    lines[9] = lines[9].rstrip("\n") + ",1,2\n"
+    write(folder, "pairs.csv", "".join(lines))
+
+
+def build_broken_pair_jsonl(folder: Path) -> None:
+    lines = pairs_jsonl().splitlines(keepends=True)
+    lines[6] = lines[6].replace(",", " ", 1)
+    write(folder, "pairs.jsonl", "".join(lines))
+
+
 def build_cut_pair_jsonl(folder: Path) -> None:
     write(folder, "pairs.jsonl", cut_at_last_line(pairs_jsonl()))
 
@@ -539,6 +566,23 @@ CASES: list[Case] = [
          (*CHECK, "trainer_state.json"), ERROR, "trainer_state.json: log record 4: step "
          "1.18059e+21 does not fit in a 64-bit integer; fix the step of that record or remove "
          "the record"),
+    Case("short-row-csv", "a CSV row with 4 of its fields, complete rows after it",
+         build_short_row_csv, (*CHECK, "pairs.csv"), ERROR, "pairs.csv: line 6: 4 fields where "
+         "the header has …; repair or remove that line (a cut line, or a value with an unquoted "
+         "separator)"),
+    Case("long-row-csv", "a CSV row with two fields too many", build_long_row_csv,
+         (*CHECK, "pairs.csv"), ERROR, "pairs.csv: line 10: … fields where the header has …; "
+         "repair or remove that line (a cut line, or a value with an unquoted separator)"),
+    Case("broken-pair-jsonl", "pair log JSONL with a comma missing in line 7",
+         build_broken_pair_jsonl, (*CHECK, "pairs.jsonl"), ERROR, "pairs.jsonl: line 7, "
+         "character …: not valid JSON (…); repair or remove that line; every line must be one "
+         "JSON object"),
+    Case("parquet-named-csv", "a parquet file named .csv", build_parquet_named_csv,
+         (*CHECK, "pairs.csv"), ERROR, "pairs.csv: is a Parquet file (it starts with PAR1) but "
+         "its name ends in .csv; rename it to end in .parquet"),
+    Case("csv-named-parquet", "a CSV file named .parquet", build_csv_named_parquet,
+         (*CHECK, "pairs.parquet"), ERROR, "pairs.parquet: is not a Parquet file: it holds text "
+         "that reads like a CSV table; rename it to end in .csv"),
     Case("extra-columns", "unknown extra columns", build_extra_columns, (*CHECK, "pairs.csv"),
          READ, f"{PAIRS_READ}…note columns not read (no canonical meaning; map one with "
          "--column): gpu, temperature, notes_from_labeller"),
