@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from dpodiag.checks.base import RunData, Skip, require_pairs
+from dpodiag.checks.settings import settings_skip_reason
 from dpodiag.compute.identify import Identification, identify
 
 
@@ -21,6 +22,8 @@ def identifications(data: RunData) -> dict[str, Identification]:
             raise Skip("the log has no per-pair loss column")
         if meta.loss_type is None or meta.beta is None:
             raise Skip("loss type or beta is not declared")
+        if reason := settings_skip_reason(meta.trainer_config):
+            raise Skip(reason)
         fits = {}
         for split in data.run.splits:
             fit = identify(pairs.filter(pl.col("split") == split), meta.loss_type, meta.beta,

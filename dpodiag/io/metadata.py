@@ -54,6 +54,11 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
     if clean.get("logps_normalisation") not in (None, "sum", "mean"):
         raise _error(error, where, f"expected logps_normalisation to be 'sum' or 'mean', got "
                                    f"{clean['logps_normalisation']!r}")
+    settings = values.get("trainer_config")
+    if settings is not None and not isinstance(settings, dict):
+        raise _error(error, where, f"expected trainer_config to be a JSON object, got {settings!r}")
+    if settings:
+        clean["trainer_config"] = dict(settings)
     return clean
 
 
@@ -122,9 +127,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
 
 def apply_metadata(meta: RunMeta, path: Path, file_meta: dict[str, Any],
                    flags: dict[str, Any] | None) -> RunMeta:
-    """Layer file metadata, the sidecar and CLI flags onto `meta`, in increasing precedence."""
+    """Layer file metadata, the sidecar and CLI flags onto `meta`, in increasing precedence.
+    The trainer settings (`trainer_config`) of the file and the sidecar are merged likewise."""
+    sidecar = read_sidecar(path)
+    for values in (file_meta, sidecar):
+        meta.trainer_config.update(values.get("trainer_config") or {})
     meta.update(file_meta, "metadata")
-    meta.update(read_sidecar(path), "sidecar")
+    meta.update(sidecar, "sidecar")
     meta.update(validate_meta(flags or {}, "command line", UsageError), "flag")
     # The sigmoid loss with label smoothing is cDPO (TRL up to 0.28 computes it that way).
     if meta.loss_type == "sigmoid" and meta.label_smoothing > 0:
