@@ -18,6 +18,7 @@ from dpodiag.checks.eval_identity import beta_from_eval_identity
 from dpodiag.checks.epoch_dips import dips_at_epoch_ends
 from dpodiag.checks.first_record import loss_type_at_first_record, scale_at_first_record
 from dpodiag.checks.loss_shape import loss_rises_with_margin
+from dpodiag.checks.split_direction import INVERTED_ACCURACY, eval_direction_inverted
 from dpodiag.checks.loss_fits import (
     declared_fails,
     explained_by_declared_family,
@@ -28,13 +29,12 @@ from dpodiag.checks.loss_fits import (
 )
 from dpodiag.compute.losses import LOSSES, PairBatch
 
-# Below this late-window reward accuracy, a run prefers the rejected responses.
-INVERTED_ACCURACY = 0.4
 
 
 @check("preference-direction-inverted", "error", ("pairs", "steps"),
        meaning="Training pushes the rejected responses above the chosen ones.",
-       causes="A sign error in the loss, or chosen and rejected swapped in the collator or the data.",
+       causes="A sign error in the loss, or chosen and rejected swapped in the collator or the data "
+              "(in one split only, train and eval then disagree).",
        fix="Check the sign of the margin in the loss and the order of chosen/rejected in the batch.")
 def preference_direction_inverted(data: RunData) -> list[Finding]:
     if data.dialect is not None and not data.dialect.paired:
@@ -45,7 +45,7 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
     late_margin = float(late.get_column("rewards_margins").mean())
     late_accuracy = float(late.get_column("rewards_accuracies").mean())
     if not (late_accuracy < INVERTED_ACCURACY and late_margin < 0 and late_margin < early_margin):
-        return []
+        return _splits_disagree(data)
 
     evidence = {"early_margin": early_margin, "late_margin": late_margin,
                 "late_reward_accuracy": late_accuracy}
@@ -70,6 +70,23 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last window "
         f"is {late_accuracy:.2f}, below chance.{loss_text}{causes}",
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
+
+
+def _splits_disagree(data: RunData) -> list[Finding]:
+    """The finding when train learns a direction that the eval labels call wrong."""
+    evidence = eval_direction_inverted(data)
+    if evidence is None:
+        return []
+    return [data.finding(
+        "preference-direction-inverted", "Train and eval disagree on which response is preferred",
+        f"The train reward accuracy ends at {evidence['train_late_accuracy']:.2f} with a mean margin "
+        f"of {evidence['train_late_margin']:.3g}, while the eval reward accuracy ends at "
+        f"{evidence['eval_late_accuracy']:.2f}, below chance, with the eval margin falling from "
+        f"{evidence['eval_early_margin']:.3g} to {evidence['eval_late_margin']:.3g}. The policy "
+        "learns the train direction, which the eval labels call wrong: chosen and rejected are "
+        "swapped in one of the two data sets (or in the collation of one split). Overfitting "
+        "brings eval accuracy towards chance, not below it.",
+        split="eval", step=evidence["eval_late_step"], evidence=evidence)]
 
 
 def discopop_minimum_text(data: RunData, evidence: dict) -> str:
