@@ -16,10 +16,18 @@ EXAMPLE_KEY = ["split", "example_id"]
 
 
 def identical_responses(columns: set[str]) -> pl.Expr:
-    """True for a pair whose chosen and rejected are the same: equal finite policy log-probs, or
-    equal texts where the log has them. A row without texts compares as null, which is not equal."""
+    """True for a pair whose chosen and rejected are the same: equal finite policy log-probs, and
+    equal reference log-probs where the log has them, or equal texts where it has those. A row
+    without texts compares as null, which is not equal.
+
+    The reference is a separate witness: a collapsed policy (a uniform next-token distribution)
+    gives two different responses of one length the same log-prob, while the reference still
+    tells them apart.
+    """
     identical = (pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps")) & \
         pl.col("policy_chosen_logps").is_finite()
+    if {"reference_chosen_logps", "reference_rejected_logps"} <= columns:
+        identical = identical & (pl.col("reference_chosen_logps") == pl.col("reference_rejected_logps"))
     if {"chosen", "rejected"} <= columns:
         identical = identical | (pl.col("chosen") == pl.col("rejected"))
     return identical.fill_null(False)

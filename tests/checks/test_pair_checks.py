@@ -231,3 +231,19 @@ def test_per_token_logps_are_inferred_as_mean(check_frame):
     (finding,) = [f for f in findings if f.code == "normalisation-inferred"]
     assert finding.evidence["value"] == "mean"
     assert "mask-or-padding-suspect" not in codes(findings)
+
+
+# degenerate-pairs
+
+def test_degenerate_pairs_fire_on_identical_responses(check_frame):
+    frame = make_pairs().with_columns(policy_rejected_logps=pl.col("policy_chosen_logps"),
+                                      reference_rejected_logps=pl.col("reference_chosen_logps"))
+    (finding,) = [f for f in check_frame(frame.drop("loss")) if f.code == "degenerate-pairs"]
+    assert finding.evidence["share"] == 1.0
+
+
+def test_degenerate_pairs_silent_when_only_a_collapsed_policy_ties_them(check_frame):
+    # A policy whose next-token distribution is uniform gives both responses of equal length the
+    # same log-prob; the reference still scores them apart.
+    frame = make_pairs().with_columns(policy_rejected_logps=pl.col("policy_chosen_logps"))
+    assert "degenerate-pairs" not in codes(check_frame(frame.drop("loss")))

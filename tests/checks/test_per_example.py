@@ -53,7 +53,8 @@ def expected_summary(data) -> pl.DataFrame:
     """The summary written as plain aggregations over the text key."""
     finite = lambda name: pl.col(name).filter(pl.col(name).is_finite())
     same = ((pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps"))
-            & pl.col("policy_chosen_logps").is_finite()).fill_null(False)
+            & pl.col("policy_chosen_logps").is_finite()
+            & (pl.col("reference_chosen_logps") == pl.col("reference_rejected_logps"))).fill_null(False)
     query = data.scan_pairs().group_by(per_example.EXAMPLE_KEY).agg(
         pl.len().alias("rows"), (pl.col("step").max() - pl.col("step").min()).alias("step_span"),
         pl.col("example_id").is_not_null().any().alias("identified"),
@@ -86,10 +87,12 @@ def test_summary_with_gaps_and_identical_pairs():
     frame = frame.with_columns(
         pl.when((pl.col("row") % 7 == 0) & ~twin).then(float("nan")).otherwise(pl.col("policy_chosen_logps"))
         .alias("policy_chosen_logps"),
-        pl.when(pl.col("row") % 5 == 0).then(None).otherwise(pl.col("reference_chosen_logps"))
+        pl.when((pl.col("row") % 5 == 0) & ~twin).then(None).otherwise(pl.col("reference_chosen_logps"))
         .alias("reference_chosen_logps"),
         pl.when(twin).then(pl.col("policy_chosen_logps")).otherwise(pl.col("policy_rejected_logps"))
-        .alias("policy_rejected_logps")).drop("row")
+        .alias("policy_rejected_logps"),
+        pl.when(twin).then(pl.col("reference_chosen_logps")).otherwise(pl.col("reference_rejected_logps"))
+        .alias("reference_rejected_logps")).drop("row")
     summary, expected = summaries(frame)
     assert summary.get_column("same").sum() == 1
     assert summary.get_column("policy_scored").sum() < summary.get_column("rows").sum()
