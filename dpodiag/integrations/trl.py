@@ -61,6 +61,10 @@ OTHER_LOCALS = ("completion_mask", "per_sequence_loss")
 # TRL loss types whose formula uses label_smoothing; TRL's "sigmoid" ignores it.
 SMOOTHED_LOSS_TYPES = {"robust", "exo_pair", "aot", "aot_unpaired"}
 DEFAULT_FOLDER = "dpodiag-pairs"
+# Recorder arguments that record_pairs takes from the trainer, and those a caller may pass.
+RUN_METADATA_ARGUMENTS = ("beta", "loss_type", "label_smoothing", "simpo_gamma", "logps_normalisation",
+                          "framework", "policy_model", "reference_model", "trainer_config")
+RECORDER_OPTIONS = ("flush_rows", "flush_seconds", "append", "shard_prefix", "extra_metadata")
 
 
 def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) -> Recorder:
@@ -81,6 +85,9 @@ def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) 
 
     if not isinstance(trainer, DPOTrainer):
         raise UsageError(f"record_pairs: expected a trl.DPOTrainer, got {type(trainer).__name__}")
+    metadata = _run_metadata(trainer, version)
+    extra = recorder_options.pop("extra_metadata", None) or {}
+    _check_options(recorder_options, extra, metadata)
     if isinstance(getattr(trainer, "compute_loss", None), _CaptureMethod):
         raise UsageError("record_pairs: this trainer records its pairs already; call record_pairs once per trainer")
     if getattr(trainer, "use_liger_kernel", False) or getattr(trainer.args, "use_liger_kernel", False):
@@ -91,14 +98,29 @@ def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) 
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:
         recorder_options.setdefault("shard_prefix", f"part-rank{accelerator.process_index}")
-    metadata = _run_metadata(trainer, version)
-    metadata["extra_metadata"].update(recorder_options.pop("extra_metadata", None) or {})
+    metadata["extra_metadata"].update(extra)
     recorder = Recorder(folder, **metadata, **recorder_options)
 
     capture = _PairCapture(trainer, recorder)
     trainer.compute_loss = _CaptureMethod(capture)
     trainer.add_callback(_flush_callback(recorder))
     return recorder
+
+
+def _check_options(options: dict[str, Any], extra: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Raise when an option of record_pairs names run metadata, which the trainer gives, or is
+    not a Recorder option."""
+    for name in [*options, *extra]:
+        if name in RUN_METADATA_ARGUMENTS:
+            value = metadata.get(name)
+            raise UsageError(f"record_pairs: {name} is read from the trainer"
+                             + (f" (here {value!r})" if value is not None else "")
+                             + f"; set it in DPOConfig, or pass {name} to Recorder when you log "
+                             "pairs from your own loop")
+    unknown = [name for name in options if name not in RECORDER_OPTIONS]
+    if unknown:
+        raise UsageError(f"record_pairs: unknown option {unknown[0]!r}; expected one of "
+                         f"{', '.join(RECORDER_OPTIONS)}")
 
 
 def _check_trl_version() -> str:

@@ -200,3 +200,14 @@ def test_rejects_second_recorder(recorded):
     trainer, _ = recorded
     with pytest.raises(UsageError, match="records its pairs already"):
         record_pairs(trainer)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"beta": 0.5}, r"beta is read from the trainer \(here 0.1\); set it in DPOConfig"),
+    ({"extra_metadata": {"loss_type": "ipo"}}, "loss_type is read from the trainer"),
+    ({"flush_every": 10}, "unknown option 'flush_every'; expected one of flush_rows"),
+])
+def test_rejects_options_the_trainer_gives(recorded, options, message):
+    trainer, _ = recorded
+    with pytest.raises(UsageError, match=message):
+        record_pairs(trainer, **options)
