@@ -48,8 +48,8 @@ def check_output(path: str | Path, *, force: bool = False) -> Path:
 def write_atomic(path: str | Path, data: bytes, *, force: bool = False) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename.
 
-    A missing folder is created. An exception during the write (KeyboardInterrupt included;
-    the CLI turns SIGTERM into one) leaves `path` as it was and removes the temporary file. A
+    A missing folder is created. An exception during the write (the one the CLI raises for
+    SIGINT and SIGTERM included) leaves `path` as it was and removes the temporary file. A
     process killed outright (SIGKILL, power loss) may leave a hidden `.NAME.*.tmp` file beside
     `path`, but `path` itself is never partly written.
 
@@ -66,7 +66,7 @@ def write_atomic(path: str | Path, data: bytes, *, force: bool = False) -> Path:
     temporary = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
         # The name is fixed before the file exists, so an exception at any point up to the
-        # rename (KeyboardInterrupt included) reaches the cleanup below with the file named.
+        # rename (an interrupt included) reaches the cleanup below with the file named.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         with os.fdopen(os.open(temporary, flags, 0o666), "wb") as stream:
             stream.write(data)

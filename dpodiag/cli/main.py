@@ -15,7 +15,7 @@ from dpodiag.cli.failures import is_out_of_memory, out_of_memory_message
 from dpodiag.cli.inspect import inspect_command
 from dpodiag.cli.report import report_command
 from dpodiag.cli.score import score_command
-from dpodiag.cli.signals import Terminated, exit_for_signal, handle_sigterm
+from dpodiag.cli.signals import Stopped, exit_for_signal, handle_signals
 from dpodiag.errors import DpodiagError
 
 
@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     SIGINT exits with status 130 and SIGTERM with 143 (128 + the signal number), after the
     command has removed any partial output.
     """
-    previous = handle_sigterm()
+    previous = handle_signals()
     try:
         _run(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run(argv: list[str] | None) -> None:
@@ -51,8 +51,8 @@ def _run(argv: list[str] | None) -> None:
         cli.main(args=argv, prog_name="dpodiag", standalone_mode=False)
     except click.exceptions.Abort:
         exit_for_signal(signal.SIGINT)
-    except Terminated:
-        exit_for_signal(signal.SIGTERM)
+    except Stopped as stop:
+        exit_for_signal(stop.signum)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "dpodiag"
         click.echo(f"dpodiag: error: {exc.format_message()} (see '{command} --help')", err=True)

@@ -1,4 +1,4 @@
-"""SIGTERM handled like SIGINT, and both deferred while the CLI's modules are imported.
+"""SIGINT and SIGTERM raised as one exception, and both deferred while the CLI's modules are imported.
 
 This module imports nothing heavy, so that `python -m dpodiag` can use it before it imports the
 CLI and the readers, and the commands before they import torch.
@@ -18,23 +18,30 @@ MESSAGES = {signal.SIGINT: ("dpodiag: interrupted", SIGINT_STATUS),
             signal.SIGTERM: ("dpodiag: terminated (SIGTERM)", SIGTERM_STATUS)}
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread as KeyboardInterrupt is for SIGINT.
+class Stopped(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread in place of KeyboardInterrupt.
 
     It unwinds the stack, so that cleanup code (the removal of a half-written temporary output
-    file) runs before the process exits.
+    file) runs before the process exits. It is not a KeyboardInterrupt, which click answers by
+    printing an empty line before the CLI's own message.
     """
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
 
-def handle_sigterm():
-    """Make SIGTERM raise Terminated; return the previous handler, or None outside the main thread."""
+def handle_signals() -> dict:
+    """Make SIGINT and SIGTERM raise Stopped; return the previous handlers (none outside the
+    main thread). A signal that the process ignores (SIGINT in a background job) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+        return {}
+    return {signum: signal.signal(signum, _raise_stopped) for signum in MESSAGES
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def exit_for_signal(signum: int) -> None:
