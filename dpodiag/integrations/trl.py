@@ -7,7 +7,7 @@
     record_pairs(trainer)          # shards go to OUTPUT_DIR/dpodiag-pairs/
     trainer.train()
 
-    $ dpodiag check OUTPUT_DIR/dpodiag-pairs
+    $ dpodiag check OUTPUT_DIR    # reads OUTPUT_DIR/dpodiag-pairs/, the run named OUTPUT_DIR
 
 Supported versions: TRL 0.29 up to, not including, 2.0 (``pip install 'dpodiag[trl]'``). Other
 versions raise UsageError.
@@ -51,6 +51,7 @@ from typing import Any
 
 from dpodiag.compute.loss_names import canonical_loss_type
 from dpodiag.errors import UsageError
+from dpodiag.io import RECORDER_FOLDER
 from dpodiag.record import Recorder
 
 MIN_VERSION = "0.29"
@@ -60,7 +61,6 @@ LOGPS_LOCALS = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejec
 OTHER_LOCALS = ("completion_mask", "per_sequence_loss")
 # TRL loss types whose formula uses label_smoothing; TRL's "sigmoid" ignores it.
 SMOOTHED_LOSS_TYPES = {"robust", "exo_pair", "aot", "aot_unpaired"}
-DEFAULT_FOLDER = "dpodiag-pairs"
 # Recorder arguments that record_pairs takes from the trainer, and those a caller may pass.
 RUN_METADATA_ARGUMENTS = ("beta", "loss_type", "label_smoothing", "simpo_gamma", "logps_normalisation",
                           "framework", "policy_model", "reference_model", "trainer_config")
@@ -94,7 +94,7 @@ def record_pairs(trainer, folder: str | Path | None = None, **recorder_options) 
         raise UsageError("record_pairs: DPOConfig(use_liger_kernel=True) computes the loss in a fused "
                          "kernel that exposes no per-pair log-probs; set use_liger_kernel=False to record")
 
-    folder = Path(folder) if folder is not None else Path(trainer.args.output_dir) / DEFAULT_FOLDER
+    folder = Path(folder) if folder is not None else Path(trainer.args.output_dir) / RECORDER_FOLDER
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:
         recorder_options.setdefault("shard_prefix", f"part-rank{accelerator.process_index}")

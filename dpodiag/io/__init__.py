@@ -22,6 +22,8 @@ from dpodiag.schema import Run
 WANDB_INTERNAL_LOGS = frozenset({"debug.log", "debug-internal.log", "debug-core.log"})
 # Bytes read from the start of a file to check that it is readable, not empty and not UTF-16.
 HEAD_BYTES = 4096
+# The folder inside a trainer's output_dir where dpodiag.integrations.trl.record_pairs writes.
+RECORDER_FOLDER = "dpodiag-pairs"
 
 
 def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
@@ -161,10 +163,19 @@ def _check_file(path: Path) -> bytes:
 
 def _load_folder(path: Path, **options) -> list[Run]:
     """Read every supported log directly inside a folder; a trainer's run folder (W&B run,
-    checkpoint, output_dir) with no log at its top is read as one run by the step reader."""
+    checkpoint, output_dir) with no log at its top is read as one run by the step reader, and an
+    output_dir with pairs recorded in RECORDER_FOLDER/ as the run of those pairs."""
     runs: list[Run] = []
     step_reader = _step_reader()
     shards = _pair_shards(path, options.get("column_map"))
+    recorded = path / RECORDER_FOLDER
+    if not shards and recorded.is_dir() and (recorded_shards := _pair_shards(recorded, options.get("column_map"))):
+        # The recorded pairs carry every pair's log-probs, more than the trainer's step log.
+        runs = _load_shards(recorded, recorded_shards, **options)
+        for run in runs:
+            run.notes.insert(1, f"read the pairs recorded in {RECORDER_FOLDER}/; the trainer's "
+                             "step logs in this folder were not read (pass one to read it)")
+        return runs
     if step_reader is not None and not shards and _is_run_folder(path):
         return [_read_run_folder(path, step_reader, options)]
     if shards:
@@ -250,11 +261,20 @@ def _load_shards(path: Path, shards: list[Path], *, column_map: dict[str, str] |
         if (pq.read_schema(shard).metadata or {}).get(key) != first_metadata:
             raise InputError(shard, f"its {METADATA_KEY!r} metadata differs from {shards[0].name}'s, so "
                              "the shards are not one run", "move the shards of each run to their own folder")
-    runs = read_pair_log(path, column_map=column_map, flags=flags, run_name=path.name, shards=shards,
-                         streaming=streaming, defer=defer)
+    runs = read_pair_log(path, column_map=column_map, flags=flags, run_name=shard_run_name(path),
+                         shards=shards, streaming=streaming, defer=defer)
     for run in runs:
         run.notes.insert(0, f"read {len(shards)} shards {path.name}/part-*.parquet as one run")
     return runs
+
+
+def shard_run_name(folder: Path) -> str:
+    """Name a run of shards after its folder, or after the folder above it when the shards sit in
+    the recorder's default folder (`output_dir/dpodiag-pairs` is the run `output_dir`)."""
+    folder = folder.resolve()
+    if folder.name == RECORDER_FOLDER and folder.parent.name:
+        return folder.parent.name
+    return folder.name
 
 
 def _step_reader():

@@ -5,8 +5,10 @@ The recorded per-pair values must reproduce what TRL itself logs for the same st
 """
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -20,6 +22,7 @@ from dpodiag.errors import UsageError
 from dpodiag.integrations.trl import record_pairs
 
 BETA = 0.1
+TRL_RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "trl_runs"
 # TRL averages float32 values in float32; the recorder stores the same float32 values as
 # float64. The means then differ by float32 rounding: about 1e-7 of the value, plus 1e-9.
 ABSOLUTE_TOLERANCE = 1e-6
@@ -111,9 +114,23 @@ def test_check_reads_recorded_folder(recorded):
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     (run,) = document["runs"]
-    assert (run["run"], run["level"], run["splits"]) == ("dpodiag-pairs", "pairs", ["train", "eval"])
+    # The recorder's folder names no run, so the run takes the name of the output_dir above it.
+    assert (run["run"], run["level"], run["splits"]) == (folder.parent.name, "pairs", ["train", "eval"])
     assert (run["beta"], run["beta_source"], run["loss_type"]) == (BETA, "metadata", "sigmoid")
     assert [f["code"] for f in document["findings"] if f["severity"] == "error"] == []
+
+
+def test_output_dir_reads_the_recorded_pairs(recorded, tmp_path):
+    # An output_dir with a checkpoint's trainer_state.json beside the recorded pairs: the pairs,
+    # which carry every pair's log-probs, are read in its place.
+    _, folder = recorded
+    output_dir = tmp_path / "run-a"
+    shutil.copytree(folder, output_dir / "dpodiag-pairs")
+    (output_dir / "checkpoint-40").mkdir()
+    shutil.copy(TRL_RUNS / "dpo-sigmoid.trainer_state.json", output_dir / "checkpoint-40" / "trainer_state.json")
+    (run,) = dpodiag.load(output_dir)
+    assert (run.name, run.level) == ("run-a", "pairs")
+    assert any("read the pairs recorded in dpodiag-pairs/" in note for note in run.notes)
 
 
 def test_recorded_rows(recorded):
