@@ -85,7 +85,7 @@ def _splits_disagree(data: RunData) -> list[Finding]:
         f"{evidence['eval_early_margin']:.3g} to {evidence['eval_late_margin']:.3g}. The policy "
         "learns the train direction, which the eval labels call wrong: chosen and rejected are "
         "swapped in one of the two data sets (or in the collation of one split). Overfitting "
-        "brings eval accuracy towards chance, not below it.",
+        "usually brings eval accuracy towards chance, not far below it.",
         split="eval", step=evidence["eval_late_step"], evidence=evidence)]
 
 

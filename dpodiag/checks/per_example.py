@@ -22,7 +22,7 @@ def identical_responses(columns: set[str]) -> pl.Expr:
 
     The reference is a separate witness: a collapsed policy (a uniform next-token distribution)
     gives two different responses of one length the same log-prob, while the reference still
-    tells them apart.
+    distinguishes them.
     """
     identical = (pl.col("policy_chosen_logps") == pl.col("policy_rejected_logps")) & \
         pl.col("policy_chosen_logps").is_finite()

@@ -43,7 +43,7 @@ def loss_altering_settings(config: dict[str, Any]) -> list[str]:
 
 
 def settings_skip_reason(config: dict[str, Any]) -> str | None:
-    """The reason a loss recomputation does not apply under `config`, or None when it does."""
+    """Return the reason a loss recomputation does not apply under `config`, or None when it does."""
     found = loss_altering_settings(config)
     if not found:
         return None

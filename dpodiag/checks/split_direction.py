@@ -2,9 +2,9 @@
 
 When chosen and rejected are swapped in one data set only, the run learns the direction of its
 train data: train accuracy rises above chance while the eval accuracy falls below it and the
-eval margin turns negative. Overfitting lowers eval accuracy towards chance, not far below it,
-so a late eval accuracy under INVERTED_ACCURACY with a falling negative margin is a label
-disagreement, not memorisation.
+eval margin turns negative. Overfitting usually lowers eval accuracy towards chance rather than
+far below it, so a late eval accuracy under INVERTED_ACCURACY with a falling negative margin is
+read as a label disagreement, not memorisation.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dpodiag.checks.base import MIN_TREND_STEPS, RunData, Skip, end_windows, req
 
 # Below this late-window reward accuracy, a split prefers its rejected responses.
 INVERTED_ACCURACY = 0.4
-# The fewest eval records that show a trend.
+# Minimum number of eval records for a trend.
 MIN_EVAL_RECORDS = 3
 COLUMNS = ["rewards_accuracies", "rewards_margins"]
 
 
 def window_means(rows: pl.DataFrame) -> dict[str, float]:
-    """Mean margin of the first and last windows and mean accuracy of the last window."""
+    """Return the mean margin of the first and last windows and the mean accuracy of the last."""
     early, late = end_windows(rows)
     return {"early_margin": float(early.get_column("rewards_margins").mean()),
             "late_margin": float(late.get_column("rewards_margins").mean()),
@@ -30,7 +30,7 @@ def window_means(rows: pl.DataFrame) -> dict[str, float]:
 
 
 def inverted(means: dict[str, float]) -> bool:
-    """True when a split ends below chance with a negative margin that fell."""
+    """Tell whether a split ends below chance with a negative margin that fell."""
     return (means["late_accuracy"] < INVERTED_ACCURACY and means["late_margin"] < 0
             and means["late_margin"] < means["early_margin"])
 

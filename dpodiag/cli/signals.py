@@ -22,8 +22,8 @@ class Stopped(BaseException):
     """SIGINT or SIGTERM, raised in the main thread in place of KeyboardInterrupt.
 
     It unwinds the stack, so that cleanup code (the removal of a half-written temporary output
-    file) runs before the process exits. It is not a KeyboardInterrupt, which click answers by
-    printing an empty line before the CLI's own message.
+    file) runs before the process exits. It is not a KeyboardInterrupt, for which click prints
+    an empty line before the CLI's own message.
     """
 
     def __init__(self, signum: int):

@@ -269,8 +269,9 @@ def _load_shards(path: Path, shards: list[Path], *, column_map: dict[str, str] |
 
 
 def shard_run_name(folder: Path) -> str:
-    """Name a run of shards after its folder, or after the folder above it when the shards sit in
-    the recorder's default folder (`output_dir/dpodiag-pairs` is the run `output_dir`)."""
+    """Return the run name of the shards in `folder`: the folder's name, or the name of the folder
+    above it for the recorder's default folder (`output_dir/dpodiag-pairs` is the run
+    `output_dir`)."""
     folder = folder.resolve()
     if folder.name == RECORDER_FOLDER and folder.parent.name:
         return folder.parent.name

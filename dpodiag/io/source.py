@@ -173,16 +173,16 @@ def check_content(path: Path, fmt: str) -> None:
                          f"in {logical_suffix(path)}", f"rename it to end in {SUFFIX_OF_FORMAT[found]}")
     if fmt in ("parquet", "arrow") and found != fmt and head:
         if found:
-            what, other = f"{FORMAT_NAMES[found]} file", found
+            content, other = f"{FORMAT_NAMES[found]} file", found
         elif _is_text(head):
             other = "jsonl" if head.lstrip().startswith(b"{") else "csv"
-            what = f"text that reads like {FORMAT_NAMES[other]} table"
+            content = f"text that reads like {FORMAT_NAMES[other]} table"
         elif fmt == "parquet":
-            what, other = "data of another format (it does not start with PAR1)", None
+            content, other = "data of another format (it does not start with PAR1)", None
         else:
             return  # an Arrow stream or Feather file; the Arrow reader decides
         fix = f"rename it to end in {SUFFIX_OF_FORMAT[other]}" if other else f"pass a {fmt} file"
-        raise InputError(path, f"is not {FORMAT_NAMES[fmt]} file: it holds {what}", fix)
+        raise InputError(path, f"is not {FORMAT_NAMES[fmt]} file: it contains {content}", fix)
 
 
 def _is_text(head: bytes) -> bool:

@@ -581,7 +581,7 @@ CASES: list[Case] = [
          (*CHECK, "pairs.csv"), ERROR, "pairs.csv: is a Parquet file (it starts with PAR1) but "
          "its name ends in .csv; rename it to end in .parquet"),
     Case("csv-named-parquet", "a CSV file named .parquet", build_csv_named_parquet,
-         (*CHECK, "pairs.parquet"), ERROR, "pairs.parquet: is not a Parquet file: it holds text "
+         (*CHECK, "pairs.parquet"), ERROR, "pairs.parquet: is not a Parquet file: it contains text "
          "that reads like a CSV table; rename it to end in .csv"),
     Case("extra-columns", "unknown extra columns", build_extra_columns, (*CHECK, "pairs.csv"),
          READ, f"{PAIRS_READ}…note columns not read (no canonical meaning; map one with "
