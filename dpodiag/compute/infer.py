@@ -7,6 +7,8 @@ to TRL's defaults (sigmoid loss, beta 0.1), recorded with source "default".
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import torch
 
@@ -31,6 +33,10 @@ def _explained(rmse: float, logged_rms: float) -> bool:
 SUM_RATIO = 0.7
 MEAN_RATIO = 1.4
 MEAN_MAX_NATS = 5.0
+# The normalisation statistics of an in-memory table longer than this come from every k-th row.
+# On the 10M-row benchmark log the sample moves the ratio from 0.2005 to 0.2006 and the median
+# from 160.80 to 160.83 nats, far from the thresholds above.
+NORMALISATION_ROWS = 1_000_000
 
 
 def _variation(mean: float | None, std: float | None) -> float:
@@ -39,14 +45,18 @@ def _variation(mean: float | None, std: float | None) -> float:
 
 
 def infer_normalisation(run: Run) -> None:
-    """Tell summed from per-token-averaged log-probs by how their spread follows the length."""
+    """Tell summed from per-token-averaged log-probs by how their spread follows the length, on
+    an even sample of at most NORMALISATION_ROWS rows of an in-memory table."""
     meta, columns = run.meta, run.table.collect_schema().names()
     # The reference does not move during training, so its log-probs show the length effect best.
     column = next((c for c in ("reference_chosen_logps", "policy_chosen_logps") if c in columns), None)
     if meta.logps_normalisation is not None or column is None or "chosen_length" not in columns:
         return
 
-    finite = run.table.lazy().filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0)
+    table = run.table
+    if isinstance(table, pl.DataFrame) and table.height > NORMALISATION_ROWS:
+        table = table.gather_every(math.ceil(table.height / NORMALISATION_ROWS))
+    finite = table.lazy().filter(pl.col(column).is_finite() & (pl.col("chosen_length") > 0)
                                      & (pl.col(column) != 0))
     size = pl.col(column).abs()
     per_token = size / pl.col("chosen_length")
