@@ -117,6 +117,10 @@ def _compare_first_record(data: RunData, record: pl.DataFrame, value: float, los
     # loss's own fault (scale, variant), not the reference's.
     near_zero = bool(rewards) and _ratios_within_numerics(data, record, rewards)
     at_margin = loss_at_rewards(data, loss_type, rewards) if len(rewards) == 2 and any(rewards) else None
+    tolerance = numerics_tolerance(record)
+    if rewards and tolerance is not None:
+        # The smallest beta at which these rewards would be log-ratios within numerics.
+        evidence["beta_within_numerics"] = max(abs(r) for r in rewards) / tolerance
     if at_margin is not None:
         # The record's pairs were scored with small non-zero margins (dropout, a learning rate
         # that is no longer 0): the loss is compared with the loss at those margins.
@@ -147,11 +151,16 @@ def _ratios_within_numerics(data: RunData, record: pl.DataFrame, rewards: list[f
     beta = data.run.meta.beta or 0.1
     if data.dialect is not None and not data.dialect.rewards_beta_scaled:
         beta = 1.0
+    tolerance = numerics_tolerance(record)
+    return tolerance is not None and max(abs(r) / beta for r in rewards) <= tolerance
+
+
+def numerics_tolerance(record: pl.DataFrame) -> float | None:
+    """Return the largest mean log-ratio (nats) that numerics explain before any update: 1% of
+    the smaller |logps|, at least 0.05. None when the record logs no log-probs."""
     logps = [abs(float(record[c][0])) for c in ("logps_chosen", "logps_rejected")
              if c in record.columns and record[c][0] is not None and math.isfinite(record[c][0])]
-    if not logps:
-        return False
-    return max(abs(r) / beta for r in rewards) <= max(0.05, 0.01 * min(logps))
+    return max(0.05, 0.01 * min(logps)) if logps else None
 
 
 def other_zero_margin_match(data: RunData, evidence: dict) -> tuple[str, float] | None:

@@ -302,13 +302,19 @@ def _first_record_not_initial(data: RunData) -> list[Finding]:
         return []  # policy equals reference, so a wrong loss is loss-scale-mismatch's to report
     if evidence.get("explained_by_margin"):
         chosen, rejected = evidence["first_rewards"]
+        beta, needed = data.run.meta.beta or 0.1, evidence.get("beta_within_numerics")
+        # Rewards are beta times log-ratios, so a beta larger than the declared one makes the
+        # same rewards smaller log-ratios; the message names that reading when the beta is a
+        # plausible one.
+        other_beta = (f" If beta is in fact {needed:.2g} or more rather than {beta:g}, these rewards "
+                      "are log-ratios within numerics, and beta is what is wrong." if needed and beta < needed <= 1 else "")
         return [data.finding(
             "reference-not-initial-policy", "The rewards before any update are not 0",
             f"Before any update the {evidence['split']} rewards are {chosen:.4g} (chosen) and "
             f"{rejected:.4g} (rejected), beyond what numerics explain, where a reference equal to "
             f"the initial policy gives 0; the loss {evidence['first_loss']:.4g} agrees with those "
             "margins. The reference is another checkpoint, dtype or template, or is scored with "
-            "dropout on.", split=evidence["split"], step=evidence["step"], evidence=evidence)]
+            f"dropout on.{other_beta}", split=evidence["split"], step=evidence["step"], evidence=evidence)]
     if "first_rewards" not in evidence and (scale_factor_like(evidence["ratio"])
                                             or other_zero_margin_match(data, evidence) is not None):
         return []  # without rewards, a scaled loss or another loss variant explains it as well

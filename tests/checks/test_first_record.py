@@ -57,6 +57,30 @@ def test_small_margin_explains_the_first_loss():
     assert codes(findings_of(rows, beta=0.1, loss_type="sigmoid"), "error") == set()
 
 
+def short_responses(rows: dict) -> dict:
+    """The same log with log-probs near -20 nats, so that numerics explain 0.2 nats at most."""
+    return {**rows, "logps_chosen": rows["logps_chosen"] + 80, "logps_rejected": rows["logps_rejected"] + 90}
+
+
+def test_rewards_before_update_name_a_larger_beta():
+    # 0.0516 / beta 0.1 = 0.516 nats, beyond 1% of |logps| = 0.1985; beta 0.26 brings it within.
+    rows = short_responses(first_record(float(softplus(-0.053)), chosen=0.0516, rejected=-0.0014,
+                                        first_step=1))
+    (finding,) = [f for f in findings_of(rows, beta=0.1, loss_type="sigmoid")
+                  if f.code == "reference-not-initial-policy"]
+    assert finding.evidence["beta_within_numerics"] == pytest.approx(0.0516 / 0.1985)
+    assert "If beta is in fact 0.26 or more rather than 0.1" in finding.message
+
+
+def test_rewards_before_update_beyond_any_beta():
+    # 0.8 / 0.2 nats needs beta 4: no plausible beta explains it, so the message names none.
+    rows = short_responses(first_record(float(softplus(-0.85)), chosen=0.8, rejected=-0.05,
+                                        first_step=1))
+    (finding,) = [f for f in findings_of(rows, beta=0.1, loss_type="sigmoid")
+                  if f.code == "reference-not-initial-policy"]
+    assert "If beta is in fact" not in finding.message
+
+
 def test_small_margin_with_scaled_loss_is_a_scale():
     # 4 x softplus(-0.0106) = 2.7516 is also within 0.4% of exo_pair's zero-margin value. The
     # exact factor 4 at the logged margin is the closer explanation.
