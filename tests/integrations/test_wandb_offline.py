@@ -5,6 +5,7 @@ wandb's offline mode writes the run file locally. WANDB_BASE_URL points at a clo
 """
 
 import json
+import time
 
 import polars as pl
 import pytest
@@ -54,7 +55,22 @@ def offline_run(tmp_path_factory):
     finally:
         patch.undo()
     (run_file,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_written(run_file)
     return trainer.state.log_history, run_file
+
+
+def wait_until_written(path, settle=1.0, limit=60.0):
+    """Wait until `path` has kept its size for `settle` seconds. wandb's service process writes
+    the run file, and may still append to it for a moment after wandb.finish() returns."""
+    deadline = time.monotonic() + limit
+    size, since = path.stat().st_size, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        current = path.stat().st_size
+        if current != size:
+            size, since = current, time.monotonic()
+        elif time.monotonic() - since >= settle:
+            return
 
 
 def test_history_matches_log_history(offline_run):
