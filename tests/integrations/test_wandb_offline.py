@@ -61,7 +61,8 @@ def offline_run(tmp_path_factory):
 
 def wait_until_written(path, settle=1.0, limit=60.0):
     """Wait until `path` has kept its size for `settle` seconds. wandb's service process writes
-    the run file, and may still append to it for a moment after wandb.finish() returns."""
+    the run file; one read right after wandb.finish() found no history records, in a fresh
+    clone, and passed on every rerun."""
     deadline = time.monotonic() + limit
     size, since = path.stat().st_size, time.monotonic()
     while time.monotonic() < deadline:
