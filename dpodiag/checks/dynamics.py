@@ -19,7 +19,7 @@ from dpodiag.checks.base import (
     windows_phrase,
 )
 from dpodiag.checks.per_example import policy_movement
-from dpodiag.checks.split_direction import eval_direction_inverted
+from dpodiag.checks.split_direction import eval_inverted, train_inverted
 from dpodiag.compute.moments import correlation, step_sums
 
 # A pair whose gradient weight sigma(-m) is below this contributes almost nothing; the weight
@@ -197,8 +197,8 @@ def overfitting(data: RunData) -> list[Finding]:
     train_now = float(train_end.get_column(column).mean())
     if not train_now < train_then:
         return []
-    if eval_direction_inverted(data) is not None:
-        return []  # eval below chance is a label disagreement (preference-direction-inverted)
+    if eval_inverted(data) or train_inverted(data):
+        return []  # preference-direction-inverted explains a split below chance
     return [data.finding(
         "overfitting", "Eval loss rises while train loss falls",
         f"Eval loss was lowest ({losses[best]:.4g}) at step {best_step} and ended at "

@@ -18,7 +18,7 @@ from dpodiag.checks.eval_identity import beta_from_eval_identity
 from dpodiag.checks.epoch_dips import dips_at_epoch_ends
 from dpodiag.checks.first_record import loss_type_at_first_record, scale_at_first_record
 from dpodiag.checks.loss_shape import loss_rises_with_margin
-from dpodiag.checks.split_direction import INVERTED_ACCURACY, eval_direction_inverted
+from dpodiag.checks.split_direction import INVERTED_ACCURACY, split_disagreement
 from dpodiag.checks.loss_fits import (
     declared_fails,
     explained_by_declared_family,
@@ -28,6 +28,13 @@ from dpodiag.checks.loss_fits import (
     identifications,
 )
 from dpodiag.compute.losses import LOSSES, PairBatch
+
+# A train split whose last window is this far inverted (reward accuracy below ASCENT_ACCURACY,
+# mean margin below -ASCENT_MARGIN) while its loss grew by ASCENT_LOSS_GROWTH or more climbs
+# its loss; a run that has not learned yet stays near accuracy 0.5 and margin 0.
+ASCENT_ACCURACY = 0.2
+ASCENT_MARGIN = 0.5
+ASCENT_LOSS_GROWTH = 1.25
 
 
 
@@ -45,17 +52,22 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
     late_margin = float(late.get_column("rewards_margins").mean())
     late_accuracy = float(late.get_column("rewards_accuracies").mean())
     if not (late_accuracy < INVERTED_ACCURACY and late_margin < 0 and late_margin < early_margin):
-        return _splits_disagree(data)
+        return _splits_disagree(data, "eval")
 
     evidence = {"early_margin": early_margin, "late_margin": late_margin,
                 "late_reward_accuracy": late_accuracy}
+    moved = (f"Between {windows_phrase(early, late)}, the mean reward margin moved from "
+             f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last "
+             f"window is {late_accuracy:.2f}, below chance.")
     loss_text = " "
     early_loss, late_loss = (_finite_mean(window, "loss") for window in (early, late))
     if early_loss is not None and late_loss is not None:
         if not late_loss < early_loss:
-            # The loss rose as the margin fell: the log is consistent with its own objective,
-            # and a run that has not learned yet drifts this way by chance.
-            return []
+            # The loss rose as the margin fell: the log is consistent with its own objective.
+            # Either the train records are logged swapped (eval learns), the optimizer climbs
+            # the loss, or a run that has not learned yet drifts this way by chance.
+            return (_splits_disagree(data, "train")
+                    or _loss_ascent(data, moved, early_loss, late_loss, evidence, late))
         evidence.update(early_logged_loss=early_loss, late_logged_loss=late_loss)
         loss_text = (f" The mean logged loss fell from {early_loss:.4f} to {late_loss:.4f} "
                      "all the same, so the loss rewards the wrong direction. ")
@@ -66,27 +78,51 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
         causes = discopop_minimum_text(data, evidence)
     return [data.finding(
         "preference-direction-inverted", "Training prefers the rejected responses",
-        f"Between {windows_phrase(early, late)}, the mean reward margin moved from "
-        f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last window "
-        f"is {late_accuracy:.2f}, below chance.{loss_text}{causes}",
+        f"{moved}{loss_text}{causes}", split="train", step=int(late.get_column("step").min()),
+        evidence=evidence)]
+
+
+def _loss_ascent(data: RunData, moved: str, early_loss: float, late_loss: float, evidence: dict,
+                 late) -> list[Finding]:
+    """The finding when the train loss climbs steadily while the preference inverts: the
+    optimizer increases the loss. A slight drift of a run that has not learned yet stays silent."""
+    accuracy, margin = evidence["late_reward_accuracy"], evidence["late_margin"]
+    if not (accuracy < ASCENT_ACCURACY and margin < -ASCENT_MARGIN
+            and late_loss > ASCENT_LOSS_GROWTH * early_loss):
+        return []
+    evidence.update(early_logged_loss=early_loss, late_logged_loss=late_loss)
+    return [data.finding(
+        "preference-direction-inverted", "Training increases its own loss",
+        f"{moved} The mean logged loss rose with it, from {early_loss:.4f} to {late_loss:.4f}: the "
+        "optimizer climbs the loss instead of descending it. A negated loss or gradient "
+        "(maximising where it should minimise) is the usual cause; a learning rate so high that "
+        "training diverges can also do this (see instability).",
         split="train", step=int(late.get_column("step").min()), evidence=evidence)]
 
 
-def _splits_disagree(data: RunData) -> list[Finding]:
-    """The finding when train learns a direction that the eval labels call wrong."""
-    evidence = eval_direction_inverted(data)
-    if evidence is None:
+def _splits_disagree(data: RunData, split: str) -> list[Finding]:
+    """The finding when `split` ends inverted while the other split learns."""
+    found = split_disagreement(data)
+    if found is None or found[0] != split:
         return []
+    evidence = found[1]
+    train = (f"train reward accuracy ends at {evidence['train_late_accuracy']:.2f} with a mean "
+             f"margin of {evidence['train_late_margin']:.3g}")
+    evals = (f"eval reward accuracy ends at {evidence['eval_late_accuracy']:.2f} with a mean "
+             f"margin of {evidence['eval_late_margin']:.3g}")
+    if split == "eval":
+        text = (f"The {train}, while the {evals}, below chance and falling. The policy learns the "
+                "train direction, which the eval labels call wrong: chosen and rejected are "
+                "swapped in one of the two data sets (or in the collation of one split). "
+                "Overfitting usually brings eval accuracy towards chance, not far below it.")
+    else:
+        text = (f"The {evals}, while the {train}, below chance and falling, with a rising loss. "
+                "The policy learns the direction of the eval labels, so the train records call "
+                "chosen what training treated as rejected: chosen and rejected are swapped where "
+                "the train pairs or their metrics are logged.")
     return [data.finding(
         "preference-direction-inverted", "Train and eval disagree on which response is preferred",
-        f"The train reward accuracy ends at {evidence['train_late_accuracy']:.2f} with a mean margin "
-        f"of {evidence['train_late_margin']:.3g}, while the eval reward accuracy ends at "
-        f"{evidence['eval_late_accuracy']:.2f}, below chance, with the eval margin falling from "
-        f"{evidence['eval_early_margin']:.3g} to {evidence['eval_late_margin']:.3g}. The policy "
-        "learns the train direction, which the eval labels call wrong: chosen and rejected are "
-        "swapped in one of the two data sets (or in the collation of one split). Overfitting "
-        "usually brings eval accuracy towards chance, not far below it.",
-        split="eval", step=evidence["eval_late_step"], evidence=evidence)]
+        text, split=split, step=evidence[f"{split}_late_step"], evidence=evidence)]
 
 
 def discopop_minimum_text(data: RunData, evidence: dict) -> str:

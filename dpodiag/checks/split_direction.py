@@ -2,9 +2,10 @@
 
 When chosen and rejected are swapped in one data set only, the run learns the direction of its
 train data: train accuracy rises above chance while the eval accuracy falls below it and the
-eval margin turns negative. Overfitting usually lowers eval accuracy towards chance rather than
-far below it, so a late eval accuracy under INVERTED_ACCURACY with a falling negative margin is
-read as a label disagreement, not memorisation.
+eval margin turns negative. When they are swapped where the train pairs are logged, the mirror
+shows: the train records fall below chance while eval learns. Overfitting usually lowers eval
+accuracy towards chance rather than far below it, so a late accuracy under INVERTED_ACCURACY
+with a falling negative margin is read as a label disagreement, not memorisation.
 """
 
 from __future__ import annotations
@@ -35,18 +36,39 @@ def inverted(means: dict[str, float]) -> bool:
             and means["late_margin"] < means["early_margin"])
 
 
-def eval_direction_inverted(data: RunData) -> dict[str, float] | None:
-    """Return the evidence when the train split learns a direction that the eval split calls
-    wrong: train ends above chance with a positive, risen margin, eval ends inverted."""
+def learns(means: dict[str, float]) -> bool:
+    """Tell whether a split ends above chance with a positive margin that rose."""
+    return (means["late_accuracy"] > 0.5 and means["late_margin"] > 0
+            and means["late_margin"] > means["early_margin"])
+
+
+def split_disagreement(data: RunData) -> tuple[str, dict[str, float]] | None:
+    """Return the inverted split ("train" or "eval") and the evidence when one split ends
+    inverted while the other learns, else None."""
     try:
         train = require_steps(data, "train", COLUMNS, MIN_TREND_STEPS)
         evals = require_steps(data, "eval", COLUMNS, MIN_EVAL_RECORDS)
     except Skip:
         return None
     train_means, eval_means = window_means(train), window_means(evals)
-    learns = (train_means["late_accuracy"] > 0.5 and train_means["late_margin"] > 0
-              and train_means["late_margin"] > train_means["early_margin"])
-    if not (learns and inverted(eval_means)):
-        return None
-    return {**{f"train_{k}": v for k, v in train_means.items()},
-            **{f"eval_{k}": v for k, v in eval_means.items()}}
+    evidence = {**{f"train_{k}": v for k, v in train_means.items()},
+                **{f"eval_{k}": v for k, v in eval_means.items()}}
+    if learns(train_means) and inverted(eval_means):
+        return "eval", evidence
+    if inverted(train_means) and learns(eval_means):
+        return "train", evidence
+    return None
+
+
+def train_inverted(data: RunData) -> bool:
+    """Tell whether the train split ends inverted (see `inverted`)."""
+    try:
+        return inverted(window_means(require_steps(data, "train", COLUMNS, MIN_TREND_STEPS)))
+    except Skip:
+        return False
+
+
+def eval_inverted(data: RunData) -> bool:
+    """Tell whether the eval split ends inverted while the train split learns."""
+    found = split_disagreement(data)
+    return found is not None and found[0] == "eval"

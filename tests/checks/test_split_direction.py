@@ -65,3 +65,39 @@ def test_pair_log_with_eval_labels_swapped(check_frame):
     findings = check_frame(swapped)
     assert [f.split for f in findings if f.code == "preference-direction-inverted"] == ["eval"]
     assert "preference-direction-inverted" not in codes(check_frame(frame))
+
+
+def inverted_train_steps(loss_end: float) -> dict:
+    """Train margins falling to -1.5 with accuracy 0.05 at the end, the loss rising to `loss_end`."""
+    steps = np.arange(1, 31)
+    margin = -0.05 * steps
+    rows = healthy_steps(rewards_margins=margin, rewards_chosen=0.3 * margin, rewards_rejected=-0.7 * margin,
+                         rewards_accuracies=np.maximum(0.5 - 0.3 * steps / 6, 0.05),
+                         loss=np.linspace(np.log(2), loss_end, 30))
+    return rows
+
+
+def test_train_records_swapped_while_eval_learns():
+    rows = with_evals(inverted_train_steps(1.7), {
+        "step": EVAL_STEPS, "loss": np.log1p(np.exp(-0.05 * np.array(EVAL_STEPS))),
+        "rewards_margins": 0.05 * np.array(EVAL_STEPS), "rewards_accuracies": [0.6, 0.7, 0.8, 0.9, 0.95, 1.0]})
+    findings = check_steps(rows)
+    (finding,) = [f for f in findings if f.code == "preference-direction-inverted"]
+    assert finding.split == "train"
+    assert finding.title == "Train and eval disagree on which response is preferred"
+    assert "overfitting" not in codes(findings)
+
+
+def test_loss_climbing_with_the_inversion():
+    (finding,) = [f for f in check_steps(inverted_train_steps(1.7)) if f.code == "preference-direction-inverted"]
+    assert finding.title == "Training increases its own loss"
+    assert finding.evidence["late_logged_loss"] > 1.5
+
+
+def test_slight_drift_before_learning_is_silent():
+    # A run that has not learned yet: margin -0.1, accuracy 0.35, loss 0.69 -> 0.74.
+    steps = np.arange(1, 31)
+    margin = -0.1 * steps / 30
+    rows = healthy_steps(rewards_margins=margin, rewards_chosen=0.5 * margin, rewards_rejected=-0.5 * margin,
+                         rewards_accuracies=np.full(30, 0.35), loss=np.log1p(np.exp(-margin)))
+    assert "preference-direction-inverted" not in codes(check_steps(rows))
