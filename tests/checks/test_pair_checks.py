@@ -247,3 +247,19 @@ def test_degenerate_pairs_silent_when_only_a_collapsed_policy_ties_them(check_fr
     # same log-prob; the reference still scores them apart.
     frame = make_pairs().with_columns(policy_rejected_logps=pl.col("policy_chosen_logps"))
     assert "degenerate-pairs" not in codes(check_frame(frame.drop("loss")))
+
+
+# loss-scale-mismatch
+
+def test_loss_scale_mismatch_ignores_a_loss_of_exactly_zero(check_frame):
+    # The eval loss is 0 on every pair, as hinge logs past its margin: k = 0 fits, and is no scale.
+    frame = make_pairs(eval_every=5).with_columns(
+        loss=pl.when(pl.col("split") == "eval").then(0.0).otherwise(pl.col("loss")))
+    findings = check_frame(frame)
+    assert "loss-scale-mismatch" not in codes(findings)
+
+
+def test_loss_scale_mismatch_fires_on_a_quarter_loss(check_frame):
+    findings = check_frame(make_pairs(eval_every=5).with_columns(loss=pl.col("loss") / 4))
+    (finding,) = [f for f in findings if f.code == "loss-scale-mismatch"]
+    assert finding.evidence["scale"] == pytest.approx(0.25)
