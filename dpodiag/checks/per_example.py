@@ -56,7 +56,8 @@ def example_summary(data: RunData) -> pl.DataFrame:
     `same`, whether every scoring has identical responses; `policy_scored` and `policy_spread`,
     the finite policy chosen log-probs and their max - min; `reference_scored`,
     `reference_spread` and `reference_size` (mean |value|) of the finite reference chosen
-    log-probs. Rows without an id form one group per split.
+    log-probs; `reference_rejected_scored` and `reference_rejected_spread` of the rejected ones.
+    Rows without an id form one group per split.
     """
     if "example_summary" not in data.cache:
         columns = set(data.pair_columns)
@@ -80,7 +81,8 @@ def example_summary(data: RunData) -> pl.DataFrame:
                 aggregations.append(pl.col("same").all())
             else:
                 aggregations.append(pl.lit(False).alias("same"))
-        for column, prefix in (("policy_chosen_logps", "policy"), ("reference_chosen_logps", "reference")):
+        for column, prefix in (("policy_chosen_logps", "policy"), ("reference_chosen_logps", "reference"),
+                               ("reference_rejected_logps", "reference_rejected")):
             if column in columns:
                 complete = facts[column]
                 prepared.append((pl.col(column) if complete else _finite(column)).alias(prefix))
@@ -104,7 +106,8 @@ def _table_facts(data: RunData, columns: set[str]) -> dict[str, bool]:
     if {"policy_chosen_logps", "policy_rejected_logps"} <= columns:
         checks.append(identical_responses(columns).any().alias("identical"))
     checks += [(pl.col(column).is_finite().all() & pl.col(column).null_count().eq(0)).alias(column)
-               for column in ("policy_chosen_logps", "reference_chosen_logps") if column in columns]
+               for column in ("policy_chosen_logps", "reference_chosen_logps", "reference_rejected_logps")
+               if column in columns]
     return data.collect(data.scan_pairs().select(checks)).row(0, named=True)
 
 

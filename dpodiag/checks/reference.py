@@ -240,10 +240,15 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
     if not _has_reference_columns(data.pair_columns) or "example_id" not in data.pair_columns:
         raise Skip("needs reference log-probs and example ids")
 
-    # Spread of each example's reference log-prob over the steps that scored it.
-    spread = (example_summary(data)
-              .select(pl.col("reference_scored").alias("scored"), pl.col("reference_spread").alias("spread"),
-                      pl.col("reference_size").alias("size"))
+    # Spread of each example's reference log-probs over the steps that scored it: the larger of
+    # the chosen and the rejected spread, since padding or a mask bug may touch one side only.
+    summary = example_summary(data)
+    rejected = "reference_rejected_spread" in summary.columns
+    spreads = [pl.col("reference_spread")] + ([pl.col("reference_rejected_spread")] if rejected else [])
+    spread = (summary.select(pl.col("reference_scored").alias("scored"), pl.max_horizontal(spreads).alias("spread"),
+                             pl.col("reference_size").alias("size"),
+                             (pl.col("reference_rejected_spread") > pl.col("reference_spread")).alias("rejected_wider")
+                             if rejected else pl.lit(False).alias("rejected_wider"))
               .filter(pl.col("scored") > 1))
     if spread.height == 0:
         raise Skip("no example is scored at more than one step")
@@ -255,15 +260,17 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
     if share < MOVED_SHARE:
         return []
     median_spread = float(moved.get_column("spread").median())
+    side = "rejected" if moved.get_column("rejected_wider").mean() > 0.5 else "chosen"
     return [data.finding(
         "reference-not-frozen", "The reference log-probs of the same examples change between steps",
         f"{moved.height} of {spread.height} examples scored more than once ({share:.0%}) have a "
-        f"reference chosen log-prob that moved by more than 1% (median change {median_spread:.3g} "
-        "nats). A frozen reference gives the same value every time: the reference is updated, "
-        "scored with dropout on, or its log-probs depend on the batch (padding in the mask).",
+        f"reference log-prob that moved by more than 1% (median change {median_spread:.3g} nats, "
+        f"mostly in the {side} response). A frozen reference gives the same value every time: the "
+        "reference is updated, scored with dropout on, or its log-probs depend on the batch "
+        "(padding in the mask).",
         evidence={"examples_moved": moved.height, "examples_repeated": spread.height,
                   "share": share, "median_change": median_spread,
-                  "max_change": float(moved.get_column("spread").max())})]
+                  "max_change": float(moved.get_column("spread").max()), "side": side})]
 
 
 def _ratios_vanish(data: RunData) -> bool:

@@ -263,3 +263,22 @@ def test_loss_scale_mismatch_fires_on_a_quarter_loss(check_frame):
     findings = check_frame(make_pairs(eval_every=5).with_columns(loss=pl.col("loss") / 4))
     (finding,) = [f for f in findings if f.code == "loss-scale-mismatch"]
     assert finding.evidence["scale"] == pytest.approx(0.25)
+
+
+# reference-not-frozen
+
+def padded_rejected(frame: pl.DataFrame) -> pl.DataFrame:
+    """Pad tokens counted in the rejected log-probs, 3 nats each, with a batch-dependent count."""
+    pads = pl.Series(np.random.default_rng(4).integers(0, 6, frame.height).astype(float))
+    return frame.with_columns(reference_rejected_logps=pl.col("reference_rejected_logps") - 3.0 * pads,
+                              policy_rejected_logps=pl.col("policy_rejected_logps") - 3.0 * pads)
+
+
+def test_reference_not_frozen_fires_on_the_rejected_side(check_frame):
+    findings = check_frame(padded_rejected(make_pairs(eval_every=5)).drop("loss"))
+    (finding,) = [f for f in findings if f.code == "reference-not-frozen"]
+    assert finding.evidence["side"] == "rejected"
+
+
+def test_reference_not_frozen_silent_on_a_frozen_reference(check_frame):
+    assert "reference-not-frozen" not in codes(check_frame(make_pairs(eval_every=5)))

@@ -63,7 +63,10 @@ def expected_summary(data) -> pl.DataFrame:
         (finite("policy_chosen_logps").max() - finite("policy_chosen_logps").min()).alias("policy_spread"),
         finite("reference_chosen_logps").count().alias("reference_scored"),
         (finite("reference_chosen_logps").max() - finite("reference_chosen_logps").min()).alias("reference_spread"),
-        finite("reference_chosen_logps").abs().mean().alias("reference_size"))
+        finite("reference_chosen_logps").abs().mean().alias("reference_size"),
+        finite("reference_rejected_logps").count().alias("reference_rejected_scored"),
+        (finite("reference_rejected_logps").max() - finite("reference_rejected_logps").min())
+        .alias("reference_rejected_spread"))
     return data.collect(query).drop(per_example.EXAMPLE_KEY)
 
 
