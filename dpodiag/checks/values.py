@@ -43,6 +43,9 @@ def non_finite_values(data: RunData) -> list[Finding]:
     # The rows with a non-finite value: how many, at which steps, and whether the loss hides them.
     bad = table.filter(pl.any_horizontal([is_bad[c] for c in bad_by_column]))
     summary = [pl.len().alias("rows")]
+    # Null inputs become NaN log-ratios: name them, since the derived column alone hides the cause.
+    inputs = [c for c in (*LOGPS_COLUMNS, "loss") if c in columns] if data.pairs is not None else []
+    summary += [pl.col(c).null_count().alias(f"null {c}") for c in inputs]
     if "loss" in columns:
         # NaN compares unequal to 0, so this counts finite zeros only.
         summary.append((pl.col("loss") == 0).sum().alias("zero_loss"))
@@ -54,6 +57,13 @@ def non_finite_values(data: RunData) -> list[Finding]:
     share = rows / total
     splits = _splits_by_column(data, bad, {c: is_bad[c] for c in bad_by_column})
     listed = ", ".join(f"{c} ({n}{splits[c]})" for c, n in bad_by_column.items())
+    nulls = {c: int(bad_summary.get_column(f"null {c}")[0]) for c in inputs}
+    nulls = {c: n for c, n in nulls.items() if n}
+    null_text = ""
+    if nulls:
+        null_text = (" These rows hold nulls in the input columns "
+                     + ", ".join(f"{c} ({n})" for c, n in nulls.items())
+                     + ": a writer that stores NaN as null (pandas does) or a value that was not logged.")
     hidden = ""
     zero = int(bad_summary.get_column("zero_loss")[0]) if "zero_loss" in bad_summary.columns else 0
     if zero:
@@ -62,11 +72,11 @@ def non_finite_values(data: RunData) -> list[Finding]:
     return [data.finding(
         "non-finite-values", f"NaN or Inf from step {first_step}",
         f"{rows} of {total} {unit} ({share:.1%}) hold NaN or Inf, first at step "
-        f"{first_step}, in {len(steps)} step(s); columns: {listed}.{hidden} fp16 overflow or a "
+        f"{first_step}, in {len(steps)} step(s); columns: {listed}.{null_text}{hidden} fp16 overflow or a "
         "division by an empty mask is the usual cause; inspect the batch of the first step.",
         step=first_step,
         evidence={"rows": rows, "share": share, "first_step": first_step,
-                  "steps": steps[:20], "columns": bad_by_column})]
+                  "steps": steps[:20], "columns": bad_by_column, "null_inputs": nulls})]
 
 
 def _splits_by_column(data: RunData, bad_rows: pl.LazyFrame, is_bad: dict[str, pl.Expr]) -> dict[str, str]:

@@ -282,3 +282,19 @@ def test_reference_not_frozen_fires_on_the_rejected_side(check_frame):
 
 def test_reference_not_frozen_silent_on_a_frozen_reference(check_frame):
     assert "reference-not-frozen" not in codes(check_frame(make_pairs(eval_every=5)))
+
+
+# non-finite-values
+
+def test_non_finite_values_name_null_inputs(check_frame):
+    frame = make_pairs().with_row_index("row").with_columns(
+        policy_rejected_logps=pl.when(pl.col("row").is_in([40, 41])).then(None)
+        .otherwise(pl.col("policy_rejected_logps"))).drop("row")
+    (finding,) = [f for f in check_frame(frame) if f.code == "non-finite-values"]
+    assert finding.evidence["columns"] == {"rejected_logratio": 2}
+    assert finding.evidence["null_inputs"] == {"policy_rejected_logps": 2}
+    assert "nulls in the input columns policy_rejected_logps (2)" in finding.message
+
+
+def test_non_finite_values_silent_on_finite_pairs(check_frame):
+    assert "non-finite-values" not in codes(check_frame(make_pairs()))
