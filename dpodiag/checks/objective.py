@@ -37,7 +37,6 @@ ASCENT_MARGIN = 0.5
 ASCENT_LOSS_GROWTH = 1.25
 
 
-
 @check("preference-direction-inverted", "error", ("pairs", "steps"),
        meaning="Training pushes the rejected responses above the chosen ones.",
        causes="A sign error in the loss, or chosen and rejected swapped in the collator or the data "
