@@ -19,7 +19,9 @@ FIELDS = ("beta", "loss_type", "label_smoothing", "simpo_gamma", "logps_normalis
 
 def canonical_metadata(run: Run) -> dict:
     """The run's metadata as stored under the parquet key "dpodiag"."""
-    values = {name: getattr(run.meta, name) for name in FIELDS if getattr(run.meta, name) is not None}
+    # A field without a source is RunMeta's default (label_smoothing 0.0), which no input stated.
+    values = {name: getattr(run.meta, name) for name in FIELDS
+              if getattr(run.meta, name) is not None and name in run.meta.sources}
     values.update(level=run.level, dialect=run.dialect, source=run.source,
                   sources={k: v for k, v in run.meta.sources.items() if k in FIELDS},
                   trainer_config=run.meta.trainer_config, notes=run.notes,

@@ -76,7 +76,7 @@ def non_finite_values(data: RunData) -> list[Finding]:
         "division by an empty mask is the usual cause; inspect the batch of the first step.",
         step=first_step,
         evidence={"rows": rows, "share": share, "first_step": first_step,
-                  "steps": steps[:20], "columns": bad_by_column, "null_inputs": nulls})]
+                  "steps": steps[:20], "columns": bad_by_column, **({"null_inputs": nulls} if nulls else {})})]
 
 
 def _splits_by_column(data: RunData, bad_rows: pl.LazyFrame, is_bad: dict[str, pl.Expr]) -> dict[str, str]:

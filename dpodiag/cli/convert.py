@@ -33,5 +33,5 @@ def convert_command(run, output, force, load_options, device):
     runs = load([run], **{**load_options, "streaming": False})
     written = write_canonical(runs, output, force=force)
     rows = sum(r.table.height for r in runs)
-    unit = "pair" if runs[0].level == "pairs" else f"{runs[0].level} row"
+    unit = {"pairs": "pair", "steps": "step record"}.get(runs[0].level, "row")
     click.echo(f"wrote {written}: {len(runs)} run(s), {counted(rows, unit)}")

@@ -10,6 +10,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from dpodiag.errors import DpodiagError, InputError, NoDataError
+from dpodiag.phrases import counted
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
 from dpodiag.io.pairs import (
     check_required, looks_like_pair_log, map_columns, pair_format, read_pair_log,
@@ -264,7 +265,7 @@ def _load_shards(path: Path, shards: list[Path], *, column_map: dict[str, str] |
     runs = read_pair_log(path, column_map=column_map, flags=flags, run_name=shard_run_name(path),
                          shards=shards, streaming=streaming, defer=defer)
     for run in runs:
-        run.notes.insert(0, f"read {len(shards)} shards {path.name}/part-*.parquet as one run")
+        run.notes.insert(0, f"read {counted(len(shards), 'shard')} {path.name}/part-*.parquet as one run")
     return runs
 
 

@@ -35,13 +35,13 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
             continue
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _error(error, where, f"expected {key} to be a finite number, got {value!r}")
+            raise _error(error, where, f"expected {key} to be a finite number, got {value!r}", key)
         clean[key] = float(value)
     if clean.get("beta") is not None and clean["beta"] <= 0:
-        raise _error(error, where, f"expected beta to be > 0, got {clean['beta']}")
+        raise _error(error, where, f"expected beta to be > 0, got {clean['beta']}", "beta")
     eps = clean.get("label_smoothing")
     if eps is not None and not 0 <= eps < 0.5:
-        raise _error(error, where, f"expected label_smoothing to be in [0, 0.5), got {eps}")
+        raise _error(error, where, f"expected label_smoothing to be in [0, 0.5), got {eps}", "label_smoothing")
     for key in TEXT_FIELDS:
         if values.get(key) is not None:
             clean[key] = str(values[key])
@@ -49,7 +49,8 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
         loss_type = canonical_loss_type(clean["loss_type"])
         if loss_type is None:
             known = ", ".join(PAIRED_LOSS_TYPES)
-            raise _error(error, where, f"unknown loss_type {clean['loss_type']!r}; expected one of {known}")
+            raise _error(error, where, f"unknown loss_type {clean['loss_type']!r}; expected one of {known}",
+                         "loss_type")
         clean["loss_type"] = loss_type
     if clean.get("logps_normalisation") not in (None, "sum", "mean"):
         raise _error(error, where, f"expected logps_normalisation to be 'sum' or 'mean', got "
@@ -62,7 +63,9 @@ def validate_meta(values: dict[str, Any], where: str, error: type) -> dict[str, 
     return clean
 
 
-def _error(error: type, where: str, problem: str):
+def _error(error: type, where: str, problem: str, key: str | None = None):
+    if error is UsageError and where == "command line" and key:
+        return UsageError(f"--{key.replace('_', '-')}: {problem}")
     if error is UsageError:
         return UsageError(f"{where}: {problem}")
     return error(where, problem, "fix the value or override it with a command-line flag")

@@ -67,7 +67,8 @@ def test_flags_override_metadata(logs):
 
 @pytest.mark.parametrize("args,message", [
     (["missing.parquet"], "missing.parquet: no such file or folder"),
-    (["{bad}", "--beta", "-1"], "expected beta to be > 0"),
+    (["{bad}", "--beta", "-1"], "dpodiag: error: --beta: expected beta to be > 0, got -1.0"),
+    (["{bad}", "--label-smoothing", "0.7"], "--label-smoothing: expected label_smoothing to be in [0, 0.5)"),
     (["{bad}", "--column", "nonsense"], "expected --column CANONICAL=THEIRS"),
     (["{bad}", "--device", "tpu"], "Invalid value for '--device'"),
     (["{bad}", "--streaming", "--in-memory"], "--streaming and --in-memory exclude each other"),

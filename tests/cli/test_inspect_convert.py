@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from synthetic import SAMPLE_LOGS
 
@@ -45,9 +46,20 @@ def test_convert_step_log_keeps_findings(tmp_path):
     result = dpodiag("convert", OVEROPT, "-o", out)
     assert result.returncode == 0, result.stderr
     assert findings(out) == findings(OVEROPT)
+    assert "1 run(s), 463 step records" in result.stdout
     table = pl.read_parquet(out)
     assert table.height == 463
     assert {"run", "split", "step", "loss", "rewards_margins"} <= set(table.columns)
+
+
+def test_convert_writes_only_stated_metadata(tmp_path):
+    # A trainer_state.json states no label smoothing: RunMeta's default 0.0 is not written.
+    source = FIXTURES.parent / "trl_runs" / "dpo-sigmoid.trainer_state.json"
+    out = tmp_path / "dpo-sigmoid.parquet"
+    assert dpodiag("convert", source, "-o", out).returncode == 0
+    stored = json.loads(pq.read_schema(out).metadata[b"dpodiag"])
+    assert stored["logps_normalisation"] == "sum"
+    assert "label_smoothing" not in stored
 
 
 def test_convert_pair_log_round_trip(tmp_path):
