@@ -196,6 +196,10 @@ def build_parquet_named_csv(folder: Path) -> None:
     pair_frame().write_parquet(folder / "pairs.csv")
 
 
+def build_csv_named_txt(folder: Path) -> None:
+    write(folder, "pairs.txt", pairs_csv())
+
+
 def build_csv_named_parquet(folder: Path) -> None:
     write(folder, "pairs.parquet", pairs_csv())
 
@@ -580,6 +584,9 @@ CASES: list[Case] = [
     Case("parquet-named-csv", "a parquet file named .csv", build_parquet_named_csv,
          (*CHECK, "pairs.csv"), ERROR, "pairs.csv: is a Parquet file (it starts with PAR1) but "
          "its name ends in .csv; rename it to end in .parquet"),
+    Case("csv-named-txt", "a CSV pair log named .txt", build_csv_named_txt, (*CHECK, "pairs.txt"),
+         ERROR, "pairs.txt: lines 1-…: no metrics found in this console log; its first line reads "
+         "like a table header; rename it to end in .csv"),
     Case("csv-named-parquet", "a CSV file named .parquet", build_csv_named_parquet,
          (*CHECK, "pairs.parquet"), ERROR, "pairs.parquet: is not a Parquet file: it contains text "
          "that reads like a CSV table; rename it to end in .csv"),

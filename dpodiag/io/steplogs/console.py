@@ -54,8 +54,13 @@ def read(path: Path, fmt: str = "console") -> RawLog:
     found, notes = extract_dicts(text)
     if not found:
         lines = text.count("\n") + 1
-        raise NoDataError(path, f"lines 1-{lines}: no metrics found in this console log",
-                          "pass a file that contains the printed training dicts")
+        fix = "pass a file that contains the printed training dicts"
+        header = next((line for line in text.splitlines() if line.strip()), "")
+        for separator, suffix in ((",", ".csv"), ("\t", ".tsv")):
+            if header.count(separator) >= 2 and "{" not in header:
+                fix = f"its first line reads like a table header; rename it to end in {suffix}"
+                break
+        raise NoDataError(path, f"lines 1-{lines}: no metrics found in this console log", fix)
     records, dropped = [], set()
     for _, parsed in found:
         record, text_keys = numeric_items(parsed)
