@@ -18,6 +18,7 @@ from dpodiag.checks.base import (
     require_steps,
     windows_phrase,
 )
+from dpodiag.checks.loss_fits import fitted_loss_type
 from dpodiag.checks.per_example import policy_movement
 from dpodiag.checks.split_direction import eval_inverted, train_inverted
 from dpodiag.compute.moments import correlation, step_sums
@@ -123,6 +124,8 @@ def likelihood_displacement(data: RunData) -> list[Finding]:
            "margin (IPO, cDPO with label smoothing).")
 def margin_saturation(data: RunData) -> list[Finding]:
     loss_type, _ = data.loss_type_for_checks()
+    if data.pairs is not None:
+        loss_type = fitted_loss_type(data) or loss_type
     if loss_type in TARGET_MARGIN_LOSSES:
         raise Skip(f"{loss_type} has a finite target margin, so a plateau is its optimum")
     if loss_type == "robust":

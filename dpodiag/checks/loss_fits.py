@@ -6,7 +6,7 @@ import polars as pl
 
 from dpodiag.checks.base import RunData, Skip, require_pairs
 from dpodiag.checks.settings import settings_skip_reason
-from dpodiag.compute.identify import Identification, identify
+from dpodiag.compute.identify import Identification, LossFit, identify
 
 
 def identifications(data: RunData) -> dict[str, Identification]:
@@ -58,6 +58,17 @@ def fits_text(data: RunData, split: str, ident: Identification) -> str:
             f"{stated} {ident.declared.loss_type} at beta {ident.declared.beta:g}")
 
 
+def options_text(fit: LossFit) -> str:
+    """Return " (label_smoothing 0.1)" for a fit with an option, else ""."""
+    return "".join(f" ({name} {value:.3g})" for name, value in fit.options.items())
+
+
+def variant_text(fit: LossFit) -> str:
+    """Return "cdpo at beta 0.1 and label_smoothing 0.1": a fitted variant and its settings."""
+    options = "".join(f" and {name} {value:.3g}" for name, value in fit.options.items())
+    return f"{fit.loss_type} at beta {fit.beta:.4g}{options}"
+
+
 def explained_by_declared_family(ident: Identification) -> bool:
     """True when another beta, a constant scale or a flipped sign of the declared loss explains the log."""
     fits = [ident.beta_fit, ident.scale_fit, ident.sign_flipped]
@@ -68,3 +79,19 @@ def first_split(data: RunData, hits: dict) -> tuple[str, list[str]]:
     """The split a finding is reported on (train first) and every split where it holds."""
     splits = [split for split in data.run.splits if split in hits]
     return splits[0], splits
+
+
+def fitted_loss_type(data: RunData) -> str | None:
+    """Return the loss variant that explains the logged train loss when the declared one does
+    not (what loss-type-mismatch reports), else None. A check of the dynamics should follow the
+    loss the trainer ran, not the one it recorded."""
+    try:
+        ident = identifications(data).get("train")
+    except Skip:
+        return None
+    if ident is None or not declared_fails(ident) or explained_by_declared_family(ident):
+        return None
+    best = ident.best_variant()
+    if best is None or best.loss_type == ident.declared.loss_type or not explains(best.rmse, ident):
+        return None
+    return best.loss_type

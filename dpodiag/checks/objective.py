@@ -26,6 +26,8 @@ from dpodiag.checks.loss_fits import (
     first_split,
     fits_text,
     identifications,
+    options_text,
+    variant_text,
 )
 from dpodiag.compute.losses import LOSSES, PairBatch
 
@@ -260,30 +262,36 @@ def loss_type_mismatch(data: RunData) -> list[Finding]:
     split, splits = first_split(data, hits)
     ident, best = hits[split]
     return [data.finding(
-        "loss-type-mismatch", f"The logged loss is {best.loss_type}, not {ident.declared.loss_type}",
-        f"{fits_text(data, split, ident)} and {best.rmse:.3g} with {best.loss_type} at beta "
-        f"{best.beta:.4g}. The trainer computed another loss variant than the one recorded.",
+        "loss-type-mismatch", f"The logged loss is {best.loss_type}{options_text(best)}, not "
+        f"{ident.declared.loss_type}",
+        f"{fits_text(data, split, ident)} and {best.rmse:.3g} with {variant_text(best)}. The trainer "
+        "computed another loss variant than the one recorded.",
         split=split, evidence={"declared": ident.declared.loss_type, "fitted": best.loss_type,
-                               "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
+                               "fitted_beta": best.beta, "fitted_options": best.options,
+                               "declared_rmse": ident.declared.rmse,
                                "fitted_rmse": best.rmse, "splits": splits})]
 
 
 @check("loss-mismatch", "error", ("pairs", "unpaired"),
        meaning="The logged loss disagrees with the recomputed one and no loss variant, beta or "
-               "scale explains it.",
+               "scale explains it, or only another label smoothing or SimPO gamma does.",
        causes="Extra loss terms (SFT/NLL, auxiliary losses), a loss computed on other pairs than "
               "the logged log-probs, or logged log-probs that are not the ones the loss used.",
        fix="Log the per-pair preference loss and the log-probs from the same forward pass.")
 def loss_mismatch(data: RunData) -> list[Finding]:
     if data.run.level == "unpaired":
         return unpaired_loss_mismatch(data)
-    hits = {}
+    hits, option_hits = {}, {}
     for split, ident in identifications(data).items():
         if not declared_fails(ident) or explained_by_declared_family(ident):
             continue
         best = ident.best_variant()
         if best is None or not explains(best.rmse, ident):
             hits[split] = (ident, best)
+        elif best.loss_type == ident.declared.loss_type and best.options:
+            option_hits[split] = (ident, best)
+    if not hits and option_hits:
+        return [_option_mismatch(data, option_hits)]
     if not hits:
         return []
     split, splits = first_split(data, hits)
@@ -299,6 +307,23 @@ def loss_mismatch(data: RunData) -> list[Finding]:
                                "best_variant_rmse": best.rmse if best else None, "splits": splits})]
 
 
+
+
+def _option_mismatch(data: RunData, hits: dict) -> Finding:
+    """The finding when the declared loss type explains the log only at another value of its
+    option (label smoothing, SimPO's gamma) than the declared one."""
+    split, splits = first_split(data, hits)
+    ident, best = hits[split]
+    (name, value), = best.options.items()
+    declared = getattr(data.run.meta, name)
+    return data.finding(
+        "loss-mismatch", f"The logged loss uses {name} {value:.3g}, not {declared}",
+        f"{fits_text(data, split, ident)}, and {best.rmse:.3g} with {variant_text(best)}. The loss "
+        f"used another {name} than the recorded one; only the record or the configuration is "
+        "wrong, not the pairs.",
+        split=split, evidence={"option": name, "declared_value": declared, "fitted_value": value,
+                               "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
+                               "fitted_rmse": best.rmse, "splits": splits})
 
 
 def unpaired_loss_mismatch(data: RunData) -> list[Finding]:

@@ -7,6 +7,7 @@ import polars as pl
 from dpodiag.checks.base import Finding, RunData, Skip, check
 from dpodiag.checks.per_example import example_summary, identical_responses
 from dpodiag.compute.moments import PLAUSIBLE_PER_TOKEN_NATS, correlation, mask_column, step_sums
+from dpodiag.compute.infer import MEAN_MAX_NATS
 from dpodiag.compute.quantiles import median, median_above_counts
 from dpodiag.schema import SUMMARY_FORMATS
 
@@ -315,11 +316,19 @@ def mask_or_padding_suspect(data: RunData) -> list[Finding]:
         return []
     if per_token is None:
         per_token = float(median(pooled(data.scan_pairs()), per_token_nats, data.engine))
+    cause = "Padding or prompt tokens in the response mask are the usual cause."
+    size = median(pooled(data.scan_pairs()), pl.col("size"), data.engine)
+    if uncorrelated and size is not None and size < MEAN_MAX_NATS:
+        # Sequence log-probs a few nats in size that ignore the length are per-token averages.
+        cause = (f"The log-probs are {size:.3g} nats in median size, as per-token averages are: if "
+                 "the trainer averages over tokens (SimPO, IPO, length-normalised DPO), record "
+                 "logps_normalisation 'mean'; else padding or prompt tokens in the response mask "
+                 "are the usual cause.")
     return [data.finding(
         "mask-or-padding-suspect", "Log-probs do not follow the response length",
         f"The median per-step correlation between |{column}| and the response length is "
         f"{correlation_median if correlation_median is not None else float('nan'):.2f} (summed log-probs of a "
         f"correct mask correlate positively) and the median per-token log-prob is -{per_token:.3g} "
-        "nats. Padding or prompt tokens in the response mask are the usual cause.",
+        f"nats. {cause}",
         evidence={"column": column, "median_correlation": correlation_median,
-                  "median_per_token_nats": per_token, "steps": per_step.height})]
+                  "median_per_token_nats": per_token, "median_abs_logps": size, "steps": per_step.height})]

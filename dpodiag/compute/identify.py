@@ -26,6 +26,12 @@ REFINE_ROUNDS = 13
 REFINE_POINTS = 9
 # Grid points evaluated in one tensor operation, at most GRID_ELEMENTS values at a time.
 GRID_ELEMENTS = 1 << 21
+# Values of a variant's option (LossSpec.option) tried at every beta of BETA_GRID before the best
+# one is refined: the label smoothing of cDPO and robust DPO, which must stay below 0.5, and
+# SimPO's target margin gamma.
+OPTION_GRIDS = {"label_smoothing": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45),
+                "simpo_gamma": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)}
+OPTION_BOUNDS = {"label_smoothing": (0.0, 0.499), "simpo_gamma": (0.0, 20.0)}
 # Columns a fit reads; other columns of the pair table are not collected.
 FIT_COLUMNS = ["split", "step", "loss", "chosen_logratio", "rejected_logratio", "policy_chosen_logps",
                "policy_rejected_logps", "chosen_length", "rejected_length"]
@@ -39,6 +45,8 @@ class LossFit:
     beta: float
     scale: float
     rmse: float
+    options: dict[str, float] = field(default_factory=dict)
+    """The value of the variant's option (LossSpec.option) that the fit found, if it has one."""
 
 
 @dataclass
@@ -75,7 +83,7 @@ class Identification:
         if not self.fit_variants:
             return {}
         has_policy = self.predictor.batch.policy_chosen_logps is not None
-        return {spec.name: _fit_beta(self.predictor, spec) for spec in LOSSES.values()
+        return {spec.name: _fit_variant(self.predictor, spec) for spec in LOSSES.values()
                 if spec.needs_reference or has_policy}
 
     def best_variant(self) -> LossFit | None:
@@ -134,43 +142,82 @@ class _Predictor:
         sums = torch.zeros((*values.shape[:-1], self.n_groups), dtype=torch.float64)
         return sums.index_add_(-1, self.groups, values) / self.counts
 
-    def predict(self, spec: LossSpec, beta: float | torch.Tensor) -> torch.Tensor:
-        """Return the loss of every row (or step) at `beta`; a [G, 1] tensor of betas gives [G, rows]."""
+    def predict(self, spec: LossSpec, beta: float | torch.Tensor, options: dict | None = None) -> torch.Tensor:
+        """Return the loss of every row (or step) at `beta`; a [G, 1] tensor of betas gives [G, rows].
+        `options` override the declared label smoothing and SimPO gamma."""
         with torch.no_grad():
-            return self._reduce(spec.fn(self.batch, beta, **self.options).to(torch.float64))
+            return self._reduce(spec.fn(self.batch, beta, **{**self.options, **(options or {})})
+                                .to(torch.float64))
 
     def rmse(self, predicted: torch.Tensor, scale: float = 1.0) -> float:
         error = scale * predicted - self.logged
         value = float(torch.sqrt(torch.mean(error * error)))
         return value if math.isfinite(value) else math.inf
 
-    def grid_rmse(self, spec: LossSpec, betas: np.ndarray) -> np.ndarray:
+    def grid_rmse(self, spec: LossSpec, betas: np.ndarray, options: dict | None = None) -> np.ndarray:
         """RMSE at each beta of `betas`, evaluated a block of betas per tensor operation."""
         block = max(1, GRID_ELEMENTS // max(len(self.logged), 1))
         errors = []
         for start in range(0, len(betas), block):
             beta = torch.from_numpy(np.ascontiguousarray(betas[start:start + block])).unsqueeze(1)
-            error = self.predict(spec, beta) - self.logged
+            error = self.predict(spec, beta, options) - self.logged
             errors.append(torch.sqrt(torch.mean(error * error, dim=-1)).numpy())
         values = np.concatenate(errors)
         return np.where(np.isfinite(values), values, math.inf)
 
 
-def _fit_beta(predictor: _Predictor, spec: LossSpec) -> LossFit:
+def _fit_variant(predictor: _Predictor, spec: LossSpec) -> LossFit:
+    """Fit beta, and the variant's option when it has one (see `_fit_option`)."""
+    if spec.option is None:
+        return _fit_beta(predictor, spec)
+    return _fit_option(predictor, spec)
+
+
+def _fit_option(predictor: _Predictor, spec: LossSpec) -> LossFit:
+    """Fit beta and the option of `spec` together.
+
+    Every value of OPTION_GRIDS (and the declared one) is tried on the coarse beta grid. At the
+    best value, beta is refined; then the option is refined at that beta between its grid
+    neighbours, REFINE_ROUNDS rounds of REFINE_POINTS values; then beta once more.
+    """
+    name = spec.option
+    declared = predictor.options.get(name)
+    values = sorted({*OPTION_GRIDS[name], *([declared] if declared is not None else [])})
+    coarse = [float(np.min(predictor.grid_rmse(spec, BETA_GRID, {name: value}))) for value in values]
+    best = int(np.argmin(coarse))
+    value = values[best]
+    fit = _fit_beta(predictor, spec, {name: value})
+    low, high = values[max(best - 1, 0)], values[min(best + 1, len(values) - 1)]
+    bound_low, bound_high = OPTION_BOUNDS[name]
+    for _ in range(REFINE_ROUNDS):
+        grid = np.clip(np.linspace(low, high, REFINE_POINTS), bound_low, bound_high)
+        errors = [predictor.rmse(predictor.predict(spec, fit.beta, {name: float(v)})) for v in grid]
+        index = int(np.argmin(errors))
+        if errors[index] < fit.rmse:
+            value = float(grid[index])
+            fit = LossFit(spec.name, fit.beta, 1.0, errors[index])
+        low, high = grid[max(index - 1, 0)], grid[min(index + 1, REFINE_POINTS - 1)]
+    fit = _fit_beta(predictor, spec, {name: value})
+    fit.options = {name: value}
+    return fit
+
+
+def _fit_beta(predictor: _Predictor, spec: LossSpec, options: dict | None = None) -> LossFit:
     """Grid search over log-spaced beta, then REFINE_ROUNDS finer grids around the best point.
 
     Each refinement evaluates REFINE_POINTS betas evenly spaced in log beta between the best
     point's neighbours and keeps the best. The bracket shrinks (REFINE_POINTS - 1) / 2 times per
-    round, from 0.38 to about 6e-9 in log beta (a relative beta error near 1e-8).
+    round, from 0.38 to about 6e-9 in log beta (a relative beta error near 1e-8). `options`
+    override the declared label smoothing and SimPO gamma.
     """
-    errors = predictor.grid_rmse(spec, BETA_GRID)
+    errors = predictor.grid_rmse(spec, BETA_GRID, options)
     best = int(np.argmin(errors))
     best_beta, best_error = float(BETA_GRID[best]), float(errors[best])
     log_betas = np.log(BETA_GRID)
     low, high = log_betas[max(best - 1, 0)], log_betas[min(best + 1, len(log_betas) - 1)]
     for _ in range(REFINE_ROUNDS):
         grid = np.linspace(low, high, REFINE_POINTS)
-        errors = predictor.grid_rmse(spec, np.exp(grid))
+        errors = predictor.grid_rmse(spec, np.exp(grid), options)
         best = int(np.argmin(errors))
         if errors[best] < best_error:
             best_beta, best_error = float(np.exp(grid[best])), float(errors[best])

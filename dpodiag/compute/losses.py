@@ -167,6 +167,9 @@ class LossSpec:
     """True when the loss is g(beta*h) for a convex g, so mean loss >= g(mean margin)."""
     per_token_margin: bool = False
     """True when the loss's reward margin is beta times per-token averages (SimPO)."""
+    option: str | None = None
+    """The setting besides beta that shapes the loss ("label_smoothing", "simpo_gamma"), which a
+    fit of the logged loss searches as well."""
 
 
 def _exo_zero_margin(beta: float, eps: float) -> float:
@@ -176,8 +179,8 @@ def _exo_zero_margin(beta: float, eps: float) -> float:
 
 LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in [
     LossSpec("sigmoid", sigmoid_loss, lambda beta, eps: LN2),
-    LossSpec("cdpo", cdpo_loss, lambda beta, eps: LN2),
-    LossSpec("robust", robust_loss, lambda beta, eps: LN2),
+    LossSpec("cdpo", cdpo_loss, lambda beta, eps: LN2, option="label_smoothing"),
+    LossSpec("robust", robust_loss, lambda beta, eps: LN2, option="label_smoothing"),
     LossSpec("hinge", hinge_loss, lambda beta, eps: 1.0),
     LossSpec("ipo", ipo_loss, lambda beta, eps: 1 / (4 * beta ** 2)),
     LossSpec("sigmoid_norm", sigmoid_norm_loss, lambda beta, eps: LN2),
@@ -189,8 +192,9 @@ LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in [
     LossSpec("apo_down", apo_down_loss, lambda beta, eps: 1.0, convex_in_margin=False),
     LossSpec("discopop", discopop_loss, lambda beta, eps: 0.5 * LN2 + 0.5, convex_in_margin=False),
     LossSpec("simpo", simpo_loss, None, needs_reference=False, convex_in_margin=False,
-             per_token_margin=True),
-    LossSpec("cpo", cpo_loss, None, needs_reference=False, convex_in_margin=False),
+             per_token_margin=True, option="simpo_gamma"),
+    LossSpec("cpo", cpo_loss, None, needs_reference=False, convex_in_margin=False,
+             option="label_smoothing"),
     LossSpec("orpo", orpo_loss, None, needs_reference=False, convex_in_margin=False,
              per_token_margin=True),
 ]}

@@ -298,3 +298,16 @@ def test_non_finite_values_name_null_inputs(check_frame):
 
 def test_non_finite_values_silent_on_finite_pairs(check_frame):
     assert "non-finite-values" not in codes(check_frame(make_pairs()))
+
+
+# mask-or-padding-suspect
+
+def test_mask_suspect_names_per_token_means_recorded_as_sums(check_frame):
+    # Per-token mean log-probs (a few nats, no length effect) declared as sums.
+    frame = make_pairs(pairs=64).with_columns(
+        *[(pl.col(f"{kind}_{side}_logps") / pl.col(f"{side}_length")).alias(f"{kind}_{side}_logps")
+          for kind in ("policy", "reference") for side in ("chosen", "rejected")]).drop("loss")
+    findings = check_frame(frame, logps_normalisation="sum")
+    (finding,) = [f for f in findings if f.code == "mask-or-padding-suspect"]
+    assert "record logps_normalisation 'mean'" in finding.message
+    assert "mask-or-padding-suspect" not in codes(check_frame(frame, logps_normalisation="mean"))
