@@ -210,8 +210,14 @@ def reference_not_initial_policy(data: RunData) -> list[Finding]:
         if logged is not None:
             evidence.update(first_loss=float(logged), zero_margin_loss=expected)
             where = "train loss" if split else "loss"
-            loss_text = (f" The mean step-0 {where} is {logged:.4f}, against {expected:.4f} when "
-                         "policy equals reference.")
+            if abs(logged - expected) <= 1e-3 * abs(expected):
+                # Equal offsets on chosen and rejected cancel in the margin, so the loss is blind.
+                loss_text = (f" The mean step-0 {where} is {logged:.4f}, the zero-margin value, "
+                             "because the log-ratios of chosen and rejected are alike and cancel "
+                             "in the margin; the rewards are not 0 all the same.")
+            else:
+                loss_text = (f" The mean step-0 {where} is {logged:.4f}, against {expected:.4f} "
+                             "when policy equals reference.")
     return [data.finding(
         "reference-not-initial-policy", "Reference differs from the initial policy at step 0",
         f"Before any update the median |log-ratio| is {typical:.3g} nats (tolerance {tolerance:.3g}, "

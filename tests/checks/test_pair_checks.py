@@ -311,3 +311,15 @@ def test_mask_suspect_names_per_token_means_recorded_as_sums(check_frame):
     (finding,) = [f for f in findings if f.code == "mask-or-padding-suspect"]
     assert "record logps_normalisation 'mean'" in finding.message
     assert "mask-or-padding-suspect" not in codes(check_frame(frame, logps_normalisation="mean"))
+
+
+# reference-not-initial-policy
+
+def test_reference_offset_on_both_sides_explains_the_blind_loss(check_frame):
+    # A reference 2 nats below the policy on chosen and rejected: the margin, so the loss, is
+    # unchanged at step 0, while the log-ratios are not 0.
+    frame = make_pairs().with_columns(reference_chosen_logps=pl.col("reference_chosen_logps") - 2,
+                                      reference_rejected_logps=pl.col("reference_rejected_logps") - 2)
+    (finding,) = [f for f in check_frame(frame) if f.code == "reference-not-initial-policy"]
+    assert "the zero-margin value" in finding.message
+    assert "reference-not-initial-policy" not in codes(check_frame(make_pairs()))
