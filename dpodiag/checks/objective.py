@@ -31,9 +31,9 @@ from dpodiag.checks.loss_fits import (
 )
 from dpodiag.compute.losses import LOSSES, PairBatch
 
-# A train split whose last window is this far inverted (reward accuracy below ASCENT_ACCURACY,
-# mean margin below -ASCENT_MARGIN) while its loss grew by ASCENT_LOSS_GROWTH or more climbs
-# its loss; a run that has not learned yet stays near accuracy 0.5 and margin 0.
+# A train split climbs its loss when its last window is this far inverted (reward accuracy below
+# ASCENT_ACCURACY, mean margin below -ASCENT_MARGIN) and its loss grew by ASCENT_LOSS_GROWTH or
+# more. A run that has not learned yet stays near accuracy 0.5 and margin 0.
 ASCENT_ACCURACY = 0.2
 ASCENT_MARGIN = 0.5
 ASCENT_LOSS_GROWTH = 1.25
@@ -85,8 +85,8 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
 
 def _loss_ascent(data: RunData, moved: str, early_loss: float, late_loss: float, evidence: dict,
                  late) -> list[Finding]:
-    """The finding when the train loss climbs steadily while the preference inverts: the
-    optimizer increases the loss. A slight drift of a run that has not learned yet stays silent."""
+    """Return the finding when the train loss climbs steadily while the preference inverts (the
+    optimizer increases the loss), else none: a slight drift before learning stays silent."""
     accuracy, margin = evidence["late_reward_accuracy"], evidence["late_margin"]
     if not (accuracy < ASCENT_ACCURACY and margin < -ASCENT_MARGIN
             and late_loss > ASCENT_LOSS_GROWTH * early_loss):
@@ -102,7 +102,7 @@ def _loss_ascent(data: RunData, moved: str, early_loss: float, late_loss: float,
 
 
 def _splits_disagree(data: RunData, split: str) -> list[Finding]:
-    """The finding when `split` ends inverted while the other split learns."""
+    """Return the finding when `split` ends inverted while the other split learns, else none."""
     found = split_disagreement(data)
     if found is None or found[0] != split:
         return []
@@ -310,8 +310,8 @@ def loss_mismatch(data: RunData) -> list[Finding]:
 
 
 def _option_mismatch(data: RunData, hits: dict) -> Finding:
-    """The finding when the declared loss type explains the log only at another value of its
-    option (label smoothing, SimPO's gamma) than the declared one."""
+    """Return the finding for a declared loss type that explains the log only at another value
+    of its option (label smoothing, SimPO's gamma) than the declared one."""
     split, splits = first_split(data, hits)
     ident, best = hits[split]
     (name, value), = best.options.items()

@@ -316,9 +316,8 @@ def _first_record_not_initial(data: RunData) -> list[Finding]:
     if evidence.get("explained_by_margin"):
         chosen, rejected = evidence["first_rewards"]
         beta, needed = data.run.meta.beta or 0.1, evidence.get("beta_within_numerics")
-        # Rewards are beta times log-ratios, so a beta larger than the declared one makes the
-        # same rewards smaller log-ratios; the message names that reading when the beta is a
-        # plausible one.
+        # Rewards are beta times log-ratios, so under a larger beta the same rewards are smaller
+        # log-ratios. The message names that reading when such a beta is at most 1.
         other_beta = (f" If beta is in fact {needed:.2g} or more rather than {beta:g}, these rewards "
                       "are log-ratios within numerics, and beta is what is wrong." if needed and beta < needed <= 1 else "")
         return [data.finding(

@@ -176,9 +176,9 @@ def _fit_variant(predictor: _Predictor, spec: LossSpec) -> LossFit:
 def _fit_option(predictor: _Predictor, spec: LossSpec) -> LossFit:
     """Fit beta and the option of `spec` together.
 
-    Every value of OPTION_GRIDS (and the declared one) is tried on the coarse beta grid. At the
-    best value, beta is refined; then the option is refined at that beta between its grid
-    neighbours, REFINE_ROUNDS rounds of REFINE_POINTS values; then beta once more.
+    Every value of OPTION_GRIDS (and the declared one) is tried on the coarse beta grid, and
+    beta is refined at the best value. The option is then refined at that beta between its grid
+    neighbours (REFINE_ROUNDS rounds of REFINE_POINTS values), and beta once more.
     """
     name = spec.option
     declared = predictor.options.get(name)
