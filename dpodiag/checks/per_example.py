@@ -56,7 +56,8 @@ def example_summary(data: RunData) -> pl.DataFrame:
     `same`, whether every scoring has identical responses; `policy_scored` and `policy_spread`,
     the finite policy chosen log-probs and their max - min; `reference_scored`,
     `reference_spread` and `reference_size` (mean |value|) of the finite reference chosen
-    log-probs; `reference_rejected_scored` and `reference_rejected_spread` of the rejected ones.
+    log-probs; `reference_rejected_scored`, `reference_rejected_spread` and
+    `reference_rejected_max` of the rejected ones.
     Rows without an id form one group per split.
     """
     if "example_summary" not in data.cache:
@@ -89,6 +90,8 @@ def example_summary(data: RunData) -> pl.DataFrame:
                 scored = pl.len() if complete else pl.col(prefix).count()
                 aggregations += [scored.alias(f"{prefix}_scored"),
                                  (pl.col(prefix).max() - pl.col(prefix).min()).alias(f"{prefix}_spread")]
+        if "reference_rejected_logps" in columns:
+            aggregations.append(pl.col("reference_rejected").max().alias("reference_rejected_max"))
         if "reference_chosen_logps" in columns:
             reference = "reference_chosen_logps"
             values = pl.col(reference) if facts[reference] else _finite(reference)

@@ -246,22 +246,30 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
     if not _has_reference_columns(data.pair_columns) or "example_id" not in data.pair_columns:
         raise Skip("needs reference log-probs and example ids")
 
-    # Spread of each example's reference log-probs over the steps that scored it: the larger of
-    # the chosen and the rejected spread, since padding or a mask bug may touch one side only.
+    # Spread of each example's reference log-probs over the steps that scored it, against 1% of
+    # their size, on the chosen and on the rejected side: padding or a mask bug may touch one
+    # side only. The rejected size is the middle of its range, |max - spread / 2|.
     summary = example_summary(data)
-    rejected = "reference_rejected_spread" in summary.columns
-    spreads = [pl.col("reference_spread")] + ([pl.col("reference_rejected_spread")] if rejected else [])
-    spread = (summary.select(pl.col("reference_scored").alias("scored"), pl.max_horizontal(spreads).alias("spread"),
-                             pl.col("reference_size").alias("size"),
-                             (pl.col("reference_rejected_spread") > pl.col("reference_spread")).alias("rejected_wider")
-                             if rejected else pl.lit(False).alias("rejected_wider"))
-              .filter(pl.col("scored") > 1))
+
+    def excess(spread: pl.Expr, size: pl.Expr) -> pl.Expr:
+        return spread / pl.max_horizontal(pl.lit(1e-3), FROZEN_RELATIVE_TOLERANCE * size)
+
+    chosen = excess(pl.col("reference_spread"), pl.col("reference_size"))
+    if "reference_rejected_spread" in summary.columns:
+        rejected_size = (pl.col("reference_rejected_max") - pl.col("reference_rejected_spread") / 2).abs()
+        rejected = excess(pl.col("reference_rejected_spread"), rejected_size).fill_null(0.0)
+    else:
+        rejected = pl.lit(0.0)
+    wider = rejected > chosen
+    spread = (summary.filter(pl.col("reference_scored") > 1)
+              .select(pl.max_horizontal(chosen, rejected).alias("excess"), wider.alias("rejected_wider"),
+                      pl.when(wider).then(pl.col("reference_rejected_spread"))
+                      .otherwise(pl.col("reference_spread")).alias("spread")))
     if spread.height == 0:
         raise Skip("no example is scored at more than one step")
     if _ratios_vanish(data):
         return []  # the reference is the policy itself: reference-tracks-policy reports it
-    tolerance = pl.max_horizontal(pl.lit(1e-3), FROZEN_RELATIVE_TOLERANCE * pl.col("size"))
-    moved = spread.filter(pl.col("spread") > tolerance)
+    moved = spread.filter(pl.col("excess") > 1)
     share = moved.height / spread.height
     if share < MOVED_SHARE:
         return []

@@ -323,3 +323,13 @@ def test_reference_offset_on_both_sides_explains_the_blind_loss(check_frame):
     (finding,) = [f for f in check_frame(frame) if f.code == "reference-not-initial-policy"]
     assert "the zero-margin value" in finding.message
     assert "reference-not-initial-policy" not in codes(check_frame(make_pairs()))
+
+
+def test_reference_not_frozen_judges_each_side_by_its_own_size(check_frame):
+    # Long rejected responses (5 x the log-probs) with up to 0.4 nats of jitter: beyond 1%
+    # of the chosen log-probs, within 1% of the rejected ones, as bf16 rounding leaves them.
+    jitter = pl.Series(np.random.default_rng(5).uniform(-0.2, 0.2, make_pairs(eval_every=5).height))
+    frame = make_pairs(eval_every=5).with_columns(
+        reference_rejected_logps=5 * pl.col("reference_rejected_logps") + jitter,
+        policy_rejected_logps=5 * pl.col("policy_rejected_logps") + jitter).drop("loss")
+    assert "reference-not-frozen" not in codes(check_frame(frame))

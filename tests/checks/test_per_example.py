@@ -66,7 +66,8 @@ def expected_summary(data) -> pl.DataFrame:
         finite("reference_chosen_logps").abs().mean().alias("reference_size"),
         finite("reference_rejected_logps").count().alias("reference_rejected_scored"),
         (finite("reference_rejected_logps").max() - finite("reference_rejected_logps").min())
-        .alias("reference_rejected_spread"))
+        .alias("reference_rejected_spread"),
+        finite("reference_rejected_logps").max().alias("reference_rejected_max"))
     return data.collect(query).drop(per_example.EXAMPLE_KEY)
 
 
