@@ -18,6 +18,10 @@ from dpodiag.checks.base import MIN_TREND_STEPS, RunData, Skip, end_windows, req
 INVERTED_ACCURACY = 0.4
 # Minimum number of eval records for a trend.
 MIN_EVAL_RECORDS = 3
+# The inverted split's late margin must reach at least this share of the learning split's, with
+# the opposite sign: swapped labels mirror the margin, while a small eval set that does not
+# generalise drifts around 0.
+MIRROR_SHARE = 0.25
 COLUMNS = ["rewards_accuracies", "rewards_margins"]
 
 
@@ -53,11 +57,17 @@ def split_disagreement(data: RunData) -> tuple[str, dict[str, float]] | None:
     train_means, eval_means = window_means(train), window_means(evals)
     evidence = {**{f"train_{k}": v for k, v in train_means.items()},
                 **{f"eval_{k}": v for k, v in eval_means.items()}}
-    if learns(train_means) and inverted(eval_means):
+    if learns(train_means) and inverted(eval_means) and mirrors(eval_means, train_means):
         return "eval", evidence
-    if inverted(train_means) and learns(eval_means):
+    if inverted(train_means) and learns(eval_means) and mirrors(train_means, eval_means):
         return "train", evidence
     return None
+
+
+def mirrors(inverted_means: dict[str, float], learning_means: dict[str, float]) -> bool:
+    """Tell whether the inverted split's late margin is at least MIRROR_SHARE of the learning
+    split's, with the opposite sign."""
+    return -inverted_means["late_margin"] >= MIRROR_SHARE * learning_means["late_margin"]
 
 
 def train_inverted(data: RunData) -> bool:

@@ -101,3 +101,13 @@ def test_slight_drift_before_learning_is_silent():
     rows = healthy_steps(rewards_margins=margin, rewards_chosen=0.5 * margin, rewards_rejected=-0.5 * margin,
                          rewards_accuracies=np.full(30, 0.35), loss=np.log1p(np.exp(-margin)))
     assert "preference-direction-inverted" not in codes(check_steps(rows))
+
+
+def test_eval_drifting_near_zero_is_not_a_swap():
+    # A small eval set that does not generalise: accuracy 0.38 at the end and a margin of -0.05
+    # while train reaches +1.5. Swapped labels would mirror the train margin.
+    margin = -0.01 * np.arange(1, 7)
+    rows = with_evals(healthy_steps(), {
+        "step": EVAL_STEPS, "loss": np.log1p(np.exp(-margin)), "rewards_margins": margin,
+        "rewards_accuracies": [0.5, 0.5, 0.38, 0.38, 0.38, 0.38]})
+    assert "preference-direction-inverted" not in codes(check_steps(rows))
