@@ -196,6 +196,15 @@ def build_parquet_named_csv(folder: Path) -> None:
     pair_frame().write_parquet(folder / "pairs.csv")
 
 
+def build_long_row_metrics_csv(folder: Path) -> None:
+    # A per-evaluation CSV of a hand-written trainer whose fourth data row has two extra fields.
+    rows = ["step,train_loss,val_loss,train_reward_margin"]
+    rows += [f"{step},{0.69 - 0.01 * step:.4f},{0.70 - 0.01 * step:.4f},{0.05 * step:.3f}"
+             for step in range(0, 50, 5)]
+    rows[4] += ",0.1,0.2"
+    write(folder, "metrics.csv", "\n".join(rows) + "\n")
+
+
 def build_csv_named_txt(folder: Path) -> None:
     write(folder, "pairs.txt", pairs_csv())
 
@@ -584,6 +593,10 @@ CASES: list[Case] = [
     Case("parquet-named-csv", "a parquet file named .csv", build_parquet_named_csv,
          (*CHECK, "pairs.csv"), ERROR, "pairs.csv: is a Parquet file (it starts with PAR1) but "
          "its name ends in .csv; rename it to end in .parquet"),
+    Case("long-row-metrics-csv", "a step-log CSV row with two fields too many",
+         build_long_row_metrics_csv, (*CHECK, "metrics.csv"), ERROR, "metrics.csv: line 5: 6 fields "
+         "where the header has 4; repair or remove that line (a cut line, or a value with an "
+         "unquoted separator)"),
     Case("csv-named-txt", "a CSV pair log named .txt", build_csv_named_txt, (*CHECK, "pairs.txt"),
          ERROR, "pairs.txt: lines 1-…: no metrics found in this console log; its first line reads "
          "like a table header; rename it to end in .csv"),

@@ -17,7 +17,7 @@ import polars as pl
 
 from dpodiag.dialects import STEP_KEYS, guess_canonical, split_key
 from dpodiag.errors import InputError, NoDataError
-from dpodiag.io.source import logical_suffix, read_bytes
+from dpodiag.io.source import logical_suffix, ragged_csv_error, read_bytes
 from dpodiag.io.steplogs.sidecars import glob_escape, run_prefix
 from dpodiag.io.steplogs.table import RawLog, is_pair_record
 
@@ -29,7 +29,7 @@ def sniff(path: Path, head: bytes) -> str | None:
     if logical_suffix(path) not in (".csv", ".tsv"):
         return None
     try:
-        frame = _parse(head[:head.rfind(b"\n") + 1] or head, path, n_rows=SNIFF_ROWS)
+        frame = _parse(head[:head.rfind(b"\n") + 1] or head, path, n_rows=SNIFF_ROWS, strict=False)
     except (pl.exceptions.PolarsError, InputError):
         return None
     columns = frame.columns
@@ -60,13 +60,16 @@ def read(path: Path, fmt: str, run_name: str | None = None) -> RawLog:
     return RawLog(records=[], frame=frame, format=fmt, notes=notes)
 
 
-def _parse(data: bytes, path: Path, n_rows: int | None = None) -> pl.DataFrame:
-    # Every column as text first; numeric conversion happens per column afterwards.
+def _parse(data: bytes, path: Path, n_rows: int | None = None, strict: bool = True) -> pl.DataFrame:
+    # Every column as text first; numeric conversion happens per column afterwards. A row with
+    # more fields than the header is an error that names its line, except when sniffing.
     separator = "\t" if logical_suffix(path) == ".tsv" else ","
     try:
         return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False,
-                           n_rows=n_rows, truncate_ragged_lines=True)
+                           n_rows=n_rows, truncate_ragged_lines=not strict)
     except (pl.exceptions.PolarsError, OSError) as error:
+        if strict and (ragged := ragged_csv_error(path, io.BytesIO(data), separator)):
+            raise ragged from None
         # polars raises OSError for bytes that look gzip-compressed but are not.
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(path, f"cannot be parsed as CSV ({message})",
