@@ -1,6 +1,7 @@
-"""Findings on real TRL 1.16 step logs of tiny runs. Their loss variants change what a correct
-log looks like: losses below 0, a loss with a minimum of 0, a loss that lowers the chosen
-likelihood by design, and a trainer without a reference."""
+"""Findings on real TRL 1.16 logs of tiny runs: step logs, and the recorded pairs of two runs
+with a seeded bug. The loss variants change what a correct log looks like: losses below 0, a
+loss with a minimum of 0, a loss that lowers the chosen likelihood by design, and a trainer
+without a reference."""
 
 import json
 from pathlib import Path
@@ -34,6 +35,13 @@ CASES = {
     # CPOTrainer has no reference: its first loss is the preference loss plus the NLL term.
     ("cpo-sigmoid.trainer_state.json", (("beta", 0.1), ("loss_type", "sigmoid"))): (set(), set()),
     ("cpo-sigmoid.console.log", (("beta", 0.1), ("loss_type", "sigmoid"))): (set(), set()),
+    # Seeded bugs. Train labels swapped: train learns, eval ends below chance.
+    ("dpo-sigmoid-swap-train.trainer_state.json", ()): ({"preference-direction-inverted"}, {"overfitting"}),
+    ("pairs/dpo-sigmoid-swap-train", ()): ({"preference-direction-inverted"}, {"overfitting"}),
+    # The train loss negated before backward: the optimizer climbs the loss. TRL logs the
+    # negated loss, which falls; the recorded per-pair loss is TRL's own, which rises.
+    ("dpo-sigmoid-gradient-ascent.trainer_state.json", ()): ({"preference-direction-inverted"}, {"overfitting"}),
+    ("pairs/dpo-sigmoid-gradient-ascent", ()): ({"preference-direction-inverted"}, set()),
 }
 
 
@@ -88,3 +96,13 @@ def test_reference_free_beta_needs_one_ratio(tmp_path):
     run, = dpodiag.load(path, dialect="trl-cpo")
     dpodiag.analyse(run, device="cpu")
     assert run.meta.beta is None
+
+
+@pytest.mark.parametrize("name, split, title", [
+    ("pairs/dpo-sigmoid-swap-train", "eval", "Train and eval disagree on which response is preferred"),
+    ("pairs/dpo-sigmoid-gradient-ascent", "train", "Training increases its own loss"),
+])
+def test_seeded_direction_bugs_in_recorded_pairs(name, split, title):
+    diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / name), device="cpu")
+    (finding,) = [f for f in diagnosis.findings if f.code == "preference-direction-inverted"]
+    assert (finding.split, finding.title) == (split, title)
