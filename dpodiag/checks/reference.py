@@ -255,16 +255,16 @@ def reference_not_frozen(data: RunData) -> list[Finding]:
         return spread / pl.max_horizontal(pl.lit(1e-3), FROZEN_RELATIVE_TOLERANCE * size)
 
     chosen = excess(pl.col("reference_spread"), pl.col("reference_size"))
+    rejected_spread = pl.col("reference_spread")
+    rejected = pl.lit(0.0)
     if "reference_rejected_spread" in summary.columns:
-        rejected_size = (pl.col("reference_rejected_max") - pl.col("reference_rejected_spread") / 2).abs()
-        rejected = excess(pl.col("reference_rejected_spread"), rejected_size).fill_null(0.0)
-    else:
-        rejected = pl.lit(0.0)
+        rejected_spread = pl.col("reference_rejected_spread")
+        rejected_size = (pl.col("reference_rejected_max") - rejected_spread / 2).abs()
+        rejected = excess(rejected_spread, rejected_size).fill_null(0.0)
     wider = rejected > chosen
     spread = (summary.filter(pl.col("reference_scored") > 1)
               .select(pl.max_horizontal(chosen, rejected).alias("excess"), wider.alias("rejected_wider"),
-                      pl.when(wider).then(pl.col("reference_rejected_spread"))
-                      .otherwise(pl.col("reference_spread")).alias("spread")))
+                      pl.when(wider).then(rejected_spread).otherwise(pl.col("reference_spread")).alias("spread")))
     if spread.height == 0:
         raise Skip("no example is scored at more than one step")
     if _ratios_vanish(data):
