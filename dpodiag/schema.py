@@ -172,7 +172,8 @@ class Run:
         """Start reading a deferred table (see `pending`) on another thread; `materialise` waits
         for it and raises what the read raised. Polars releases the GIL while it reads, so the
         caller meanwhile imports modules or analyses another run, on the other cores. Does
-        nothing for a table that is not deferred or already being read.
+        nothing for a table that is not deferred or already being read. The thread is a daemon,
+        so a process stopped by Ctrl-C exits without waiting for the read to end.
         """
         if self.pending is None or self._reading is not None:
             return
@@ -186,7 +187,7 @@ class Run:
                 reading.set_exception(exc)
 
         self._reading = reading
-        threading.Thread(target=work, name=f"dpodiag-read-{self.name}").start()
+        threading.Thread(target=work, name=f"dpodiag-read-{self.name}", daemon=True).start()
 
     @property
     def columns(self) -> list[str]:
