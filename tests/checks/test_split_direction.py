@@ -47,7 +47,7 @@ def test_overfitting_is_not_an_inversion():
 
 
 def test_eval_below_chance_without_learning_is_silent():
-    # Train has not learned a direction yet: a low eval accuracy says nothing about labels.
+    # Train has not learned a direction yet, so a low eval accuracy is no evidence about labels.
     rows = swapped_eval_steps()
     flat = {**rows, "rewards_margins": [0.0 if split == "train" else m
                                         for split, m in zip(rows["split"], rows["rewards_margins"])]}

@@ -23,7 +23,7 @@ def findings(path):
     return dpodiag.diagnose(dpodiag.load(path), device="cpu").findings
 
 
-def test_loss_checks_skip_a_weighted_loss_that_the_file_declares(tmp_path):
+def test_loss_checks_skip_declared_weighting(tmp_path):
     path = write_parquet(weighted(make_pairs(eval_every=5)), tmp_path / "wpo.parquet", beta=0.1,
                          loss_type="sigmoid", trainer_config={"use_weighting": True})
     result = findings(path)
@@ -32,7 +32,7 @@ def test_loss_checks_skip_a_weighted_loss_that_the_file_declares(tmp_path):
     assert "use_weighting=True" in skipped.evidence["skipped"]["loss-mismatch"]
 
 
-def test_the_same_loss_without_the_setting_is_an_error(tmp_path):
+def test_undeclared_weighting_is_an_error(tmp_path):
     path = write_parquet(weighted(make_pairs(eval_every=5)), tmp_path / "wpo.parquet", beta=0.1,
                          loss_type="sigmoid")
     assert codes(findings(path), "error") & LOSS_CHECKS
