@@ -16,7 +16,7 @@ from dpodiag.checks.base import (
 )
 from dpodiag.checks.eval_identity import beta_from_eval_identity
 from dpodiag.checks.epoch_dips import dips_at_epoch_ends
-from dpodiag.checks.first_record import loss_type_at_first_record, scale_at_first_record
+from dpodiag.checks.first_record import loss_type_at_first_record, records_before_update, scale_at_first_record
 from dpodiag.checks.loss_shape import loss_rises_with_margin
 from dpodiag.checks.split_direction import INVERTED_ACCURACY, split_disagreement
 from dpodiag.checks.loss_fits import (
@@ -37,6 +37,9 @@ from dpodiag.compute.losses import LOSSES, PairBatch
 ASCENT_ACCURACY = 0.2
 ASCENT_MARGIN = 0.5
 ASCENT_LOSS_GROWTH = 1.25
+# A first loss within this relative distance of DiscoPOP's zero-margin value names DiscoPOP. TRL
+# logs the loss with 4 decimals, 6e-5 relative at 0.85.
+DISCOPOP_MATCH = 2e-4
 
 
 @check("preference-direction-inverted", "error", ("pairs", "steps"),
@@ -75,7 +78,7 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
     if data.pairs is not None:
         loss_text += sign_error_text(data, evidence)
     causes = "A sign error in the loss or chosen/rejected swapped in collation are the usual causes."
-    if data.run.meta.loss_type == "discopop":
+    if data.run.meta.loss_type == "discopop" or (data.run.meta.loss_type is None and first_loss_is_discopop(data)):
         causes = discopop_minimum_text(data, evidence)
     return [data.finding(
         "preference-direction-inverted", "Training prefers the rejected responses",
@@ -142,6 +145,20 @@ def discopop_minimum_text(data: RunData, evidence: dict) -> str:
             "at a negative margin: the loss's own shape, not a sign error. Its slope at margin "
             "0 is (1 - ln 2) / (4 tau) - 3/4, so a discopop_tau above (1 - ln 2) / 3 = 0.102 "
             "starts it downhill towards positive margins.")
+
+
+def first_loss_is_discopop(data: RunData) -> bool:
+    """Tell whether a step log's loss before any update is DiscoPOP's zero-margin value,
+    ln(2) / 2 + 1 / 2 = 0.8466, which no other registered loss takes (a log that names no loss
+    type, as TRL's trainer_state.json)."""
+    if data.pairs is not None:
+        return False
+    value = LOSSES["discopop"].zero_margin(data.run.meta.beta or 0.1, 0.0)
+    for record in records_before_update(data):
+        loss = record["loss"][0] if "loss" in record.columns else None
+        if loss is not None and abs(loss - value) <= DISCOPOP_MATCH * value:
+            return True
+    return False
 
 
 def _finite_mean(rows, column: str) -> float | None:

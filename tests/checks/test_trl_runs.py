@@ -69,9 +69,11 @@ def test_dpo_trainer_keeps_its_dialect(name):
     assert run.dialect == "trl-v1"
 
 
-def test_discopop_inversion_names_its_local_minimum():
+@pytest.mark.parametrize("flags", [{"beta": 0.1, "loss_type": "discopop"}, {}], ids=["declared", "first loss"])
+def test_discopop_inversion_names_its_local_minimum(flags):
+    # TRL's trainer_state.json names no loss type; the first loss, 0.8466, is DiscoPOP's own.
     diagnosis = dpodiag.diagnose(dpodiag.load(FIXTURES / "dpo-discopop.trainer_state.json",
-                                              flags={"beta": 0.1, "loss_type": "discopop"}), device="cpu")
+                                              flags=flags), device="cpu")
     inverted, = [f for f in diagnosis.findings if f.code == "preference-direction-inverted"]
     assert "local minimum at the margin -0.119" in inverted.message
     assert "sign error in the loss or" not in inverted.message
