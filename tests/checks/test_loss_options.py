@@ -1,7 +1,6 @@
 """Loss fits that search a variant's option besides beta: label smoothing left undeclared, and a
 SimPO gamma recorded wrong."""
 
-import numpy as np
 import polars as pl
 import pytest
 
