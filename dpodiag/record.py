@@ -251,7 +251,7 @@ def _run_metadata(*, extra: dict[str, Any] | None, **fields) -> dict[str, Any]:
     metadata = validate_meta(fields, "Recorder", UsageError)
     for name, value in (extra or {}).items():
         if name in metadata or name in fields:
-            raise UsageError(f"Recorder: extra_metadata holds {name!r}, which is an argument of "
+            raise UsageError(f"Recorder: extra_metadata contains {name!r}, which is an argument of "
                              f"Recorder; pass {name}=... as the argument instead")
         if name == "trainer_config" and not isinstance(value, dict):
             raise UsageError(f"Recorder: expected extra_metadata['trainer_config'] to be a dict of "

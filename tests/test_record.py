@@ -255,7 +255,7 @@ def test_closed_recorder_rejects_rows(tmp_path):
     ({"flush_rows": 0}, "expected flush_rows to be an integer >= 1"),
     ({"flush_seconds": 0}, "expected flush_seconds to be a number > 0"),
     ({"shard_prefix": "shard"}, "expected shard_prefix to start with 'part'"),
-    ({"extra_metadata": {"beta": 1}}, "holds 'beta', which is an argument of Recorder"),
+    ({"extra_metadata": {"beta": 1}}, "contains 'beta', which is an argument of Recorder"),
     ({"extra_metadata": {"trainer_config": [1]}}, "trainer_config'\\] to be a dict"),
     ({"extra_metadata": {"when": object()}}, "not JSON-serialisable"),
 ])

@@ -137,11 +137,10 @@ def has_example_ids(data: RunData) -> bool:
 def policy_movement(data: RunData) -> float | None:
     """Largest change of one example's policy chosen log-prob across its scorings (nats).
 
-    Only examples scored at two or more steps can show a change (its scorings at one step are
-    one policy). Without such examples, the
-    per-step means of the policy chosen log-prob decide one case: when a split has two or more
-    steps and the same mean at each (an eval set without ids, scored again), the policy never
-    changed (0.0). Means that differ come from different examples as much as from training, so
+    Only examples scored at two or more steps can show a change, because the scorings of one
+    step come from one policy. Without such examples, the per-step means of the policy chosen
+    log-prob decide one case: when a split has two or more steps and the same mean at each (an
+    eval set without ids, scored again), the policy never changed (0.0). Means that differ come from different examples as much as from training, so
     the movement is unknown then (None). None without policy log-probs.
     """
     if "policy_chosen_logps" not in data.pair_columns:

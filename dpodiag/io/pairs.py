@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, own_columns, read_parquet_meta, run_entry
-from dpodiag.io.source import check_content, logical_suffix, ragged_csv_error, table_error, table_source
+from dpodiag.io.source import check_content, csv_separator, logical_suffix, ragged_csv_error, table_error, table_source
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
@@ -41,8 +41,7 @@ def read_columns(path: Path, fmt: str, source: Path | io.BytesIO | None = None) 
         if fmt == "arrow":
             return list(pl.read_ipc_schema(source)), {}
         if fmt == "csv":
-            separator = "\t" if logical_suffix(path) == ".tsv" else ","
-            return pl.scan_csv(source, separator=separator, infer_schema_length=0).collect_schema().names(), {}
+            return pl.scan_csv(source, separator=csv_separator(path), infer_schema_length=0).collect_schema().names(), {}
         return pl.scan_ndjson(source, infer_schema_length=1000).collect_schema().names(), {}
     except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
         raise table_error(path, fmt, exc) from None
@@ -250,7 +249,7 @@ def read_pair_log(path: Path, *, column_map: dict[str, str] | None = None,
         notes.append(f"columns not read (no canonical meaning; map one with --column): {listed}")
 
     # Plan the read of the mapped columns; stream it when asked to or when it is too large.
-    separator = "\t" if logical_suffix(first) == ".tsv" else ","
+    separator = csv_separator(first)
     try:
         plan = scan_table(shards or source, fmt, mapping, separator)
         schema = plan.collect_schema()

@@ -45,6 +45,11 @@ def logical_suffix(path: Path) -> str:
     return logical_path(path).suffix.lower()
 
 
+def csv_separator(path: Path) -> str:
+    """Return the field separator of a text table: a tab for `.tsv`, else a comma."""
+    return "\t" if logical_suffix(path) == ".tsv" else ","
+
+
 def read_head(path: Path, size: int) -> bytes:
     """Return up to `size` bytes from the start of the content (decompressed for `.gz`).
 
@@ -203,7 +208,7 @@ def reject_utf16(path: Path, head: bytes) -> None:
 def reject_other_separator(path: Path, head: bytes) -> None:
     """Raise when the header line of a CSV (TSV) has no comma (tab) but another separator."""
     header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    expected = "\t" if logical_suffix(path) == ".tsv" else ","
+    expected = csv_separator(path)
     if expected in header:
         return
     names = {",": "','", ";": "';'", "|": "'|'", "\t": "a tab"}
@@ -231,7 +236,7 @@ def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | No
         except ValueError:
             cut = True
     else:
-        separator = "\t" if logical_suffix(path) == ".tsv" else ","
+        separator = csv_separator(path)
         header = data[:data.find(b"\n")].decode("utf-8", errors="replace")
         try:
             width = len(next(csv.reader([header], delimiter=separator), []))
@@ -259,8 +264,7 @@ def table_error(path: Path, fmt: str, error: Exception) -> InputError:
     if fmt == "jsonl" and (line_error := jsonl_line_error(path)):
         return line_error
     if fmt == "csv" and "fields" in lowered:
-        separator = "\t" if logical_suffix(path) == ".tsv" else ","
-        if ragged := ragged_csv_error(path, path, separator):
+        if ragged := ragged_csv_error(path, path, csv_separator(path)):
             return ragged
     if fmt == "parquet" and ("magic bytes" in lowered or "footer" in lowered):
         return InputError(path, "ends before its parquet footer (the writer crashed or is still "

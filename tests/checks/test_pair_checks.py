@@ -47,7 +47,7 @@ def scored_once(frame):
     return frame.with_columns(example_id=pl.format("{}-{}", "example_id", "step"))
 
 
-def test_reference_tracks_policy_fires_when_no_example_is_scored_twice(check_frame):
+def test_tracks_policy_without_repeated_examples(check_frame):
     findings = check_frame(scored_once(tracking(make_pairs(eval_every=5))))
     (finding,) = [f for f in findings if f.code == "reference-tracks-policy"]
     assert finding.evidence["policy_logps_change"] is None
@@ -56,19 +56,19 @@ def test_reference_tracks_policy_fires_when_no_example_is_scored_twice(check_fra
 
 # no-learning-signal
 
-def test_no_learning_signal_fires_when_scored_examples_never_change(check_frame):
+def test_no_learning_signal_frozen_policy(check_frame):
     frozen = make_pairs(chosen_drift=0, rejected_drift=0, noise=0)
     (finding,) = [f for f in check_frame(frozen) if f.code == "no-learning-signal"]
     assert finding.evidence["steps"] == 30
 
 
-def test_no_learning_signal_silent_when_no_example_is_scored_twice(check_frame):
+def test_no_learning_signal_single_scorings(check_frame):
     findings = check_frame(scored_once(make_pairs()))
     assert "no-learning-signal" not in codes(findings)
     assert codes(findings, "error") == set()
 
 
-def test_no_learning_signal_ignores_rows_repeated_within_a_step(check_frame):
+def test_no_learning_signal_repeated_rows(check_frame):
     # The same pairs logged twice at each step (two writers) are one scoring of each example.
     once = scored_once(make_pairs())
     assert "no-learning-signal" not in codes(check_frame(pl.concat([once, once])))
@@ -242,7 +242,7 @@ def test_degenerate_pairs_fire_on_identical_responses(check_frame):
     assert finding.evidence["share"] == 1.0
 
 
-def test_degenerate_pairs_silent_when_only_a_collapsed_policy_ties_them(check_frame):
+def test_degenerate_pairs_collapsed_policy(check_frame):
     # A policy whose next-token distribution is uniform gives both responses of equal length the
     # same log-prob; the reference still scores them apart.
     frame = make_pairs().with_columns(policy_rejected_logps=pl.col("policy_chosen_logps"))
@@ -251,7 +251,7 @@ def test_degenerate_pairs_silent_when_only_a_collapsed_policy_ties_them(check_fr
 
 # loss-scale-mismatch
 
-def test_loss_scale_mismatch_ignores_a_loss_of_exactly_zero(check_frame):
+def test_loss_scale_zero_loss(check_frame):
     # The eval loss is 0 on every pair, as hinge logs past its margin: k = 0 fits, and is no scale.
     frame = make_pairs(eval_every=5).with_columns(
         loss=pl.when(pl.col("split") == "eval").then(0.0).otherwise(pl.col("loss")))
@@ -302,7 +302,7 @@ def test_non_finite_values_silent_on_finite_pairs(check_frame):
 
 # mask-or-padding-suspect
 
-def test_mask_suspect_names_per_token_means_recorded_as_sums(check_frame):
+def test_mask_suspect_per_token_means(check_frame):
     # Per-token mean log-probs (a few nats, no length effect) declared as sums.
     frame = make_pairs(pairs=64).with_columns(
         *[(pl.col(f"{kind}_{side}_logps") / pl.col(f"{side}_length")).alias(f"{kind}_{side}_logps")
@@ -315,7 +315,7 @@ def test_mask_suspect_names_per_token_means_recorded_as_sums(check_frame):
 
 # reference-not-initial-policy
 
-def test_reference_offset_on_both_sides_explains_the_blind_loss(check_frame):
+def test_not_initial_equal_offsets(check_frame):
     # A reference 2 nats below the policy on chosen and rejected: the margin, so the loss, is
     # unchanged at step 0, while the log-ratios are not 0.
     frame = make_pairs().with_columns(reference_chosen_logps=pl.col("reference_chosen_logps") - 2,
@@ -325,7 +325,7 @@ def test_reference_offset_on_both_sides_explains_the_blind_loss(check_frame):
     assert "reference-not-initial-policy" not in codes(check_frame(make_pairs()))
 
 
-def test_reference_not_frozen_judges_each_side_by_its_own_size(check_frame):
+def test_not_frozen_rejected_size(check_frame):
     # Long rejected responses (5 x the log-probs) with up to 0.4 nats of jitter: beyond 1%
     # of the chosen log-probs, within 1% of the rejected ones, as bf16 rounding leaves them.
     jitter = pl.Series(np.random.default_rng(5).uniform(-0.2, 0.2, make_pairs(eval_every=5).height))

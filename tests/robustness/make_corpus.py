@@ -497,6 +497,7 @@ CHECK = ("check", "-v", "--fail-on", "never")
 TFEVENTS = (Path(__file__).resolve().parent.parent / "fixtures" / "real_logs"
             / "adaptive-simpo-llama3-8b-lr5e-5-logp-collapse.events.out.tfevents")
 EMPTY_FIX = "pass the log once the trainer has written records to it"
+RAGGED_FIX = "repair or remove that line (a cut line, or a value with an unquoted separator)"
 NO_FORMAT_FIX = ("pass a pair log (.parquet, .csv, .jsonl, also gzip-compressed) or a trainer step "
                  "log (trainer_state.json, console output, trainer_log.jsonl, TensorBoard events, "
                  "a W&B run file or CSV export)")
@@ -580,12 +581,11 @@ CASES: list[Case] = [
          "1.18059e+21 does not fit in a 64-bit integer; fix the step of that record or remove "
          "the record"),
     Case("short-row-csv", "a CSV row with 4 of its fields, complete rows after it",
-         build_short_row_csv, (*CHECK, "pairs.csv"), ERROR, "pairs.csv: line 6: 4 fields where "
-         "the header has …; repair or remove that line (a cut line, or a value with an unquoted "
-         "separator)"),
+         build_short_row_csv, (*CHECK, "pairs.csv"), ERROR, f"pairs.csv: line 6: 4 fields where the "
+         f"header has …; {RAGGED_FIX}"),
     Case("long-row-csv", "a CSV row with two fields too many", build_long_row_csv,
-         (*CHECK, "pairs.csv"), ERROR, "pairs.csv: line 10: … fields where the header has …; "
-         "repair or remove that line (a cut line, or a value with an unquoted separator)"),
+         (*CHECK, "pairs.csv"), ERROR,
+         f"pairs.csv: line 10: … fields where the header has …; {RAGGED_FIX}"),
     Case("broken-pair-jsonl", "pair log JSONL with a comma missing in line 7",
          build_broken_pair_jsonl, (*CHECK, "pairs.jsonl"), ERROR, "pairs.jsonl: line 7, "
          "character …: not valid JSON (…); repair or remove that line; every line must be one "
@@ -594,9 +594,8 @@ CASES: list[Case] = [
          (*CHECK, "pairs.csv"), ERROR, "pairs.csv: is a Parquet file (it starts with PAR1) but "
          "its name ends in .csv; rename it to end in .parquet"),
     Case("long-row-metrics-csv", "a step-log CSV row with two fields too many",
-         build_long_row_metrics_csv, (*CHECK, "metrics.csv"), ERROR, "metrics.csv: line 5: 6 fields "
-         "where the header has 4; repair or remove that line (a cut line, or a value with an "
-         "unquoted separator)"),
+         build_long_row_metrics_csv, (*CHECK, "metrics.csv"), ERROR,
+         f"metrics.csv: line 5: 6 fields where the header has 4; {RAGGED_FIX}"),
     Case("csv-named-txt", "a CSV pair log named .txt", build_csv_named_txt, (*CHECK, "pairs.txt"),
          ERROR, "pairs.txt: lines 1-…: no metrics found in this console log; its first line reads "
          "like a table header; rename it to end in .csv"),

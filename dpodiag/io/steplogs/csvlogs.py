@@ -17,7 +17,7 @@ import polars as pl
 
 from dpodiag.dialects import STEP_KEYS, guess_canonical, split_key
 from dpodiag.errors import InputError, NoDataError
-from dpodiag.io.source import logical_suffix, ragged_csv_error, read_bytes
+from dpodiag.io.source import csv_separator, logical_suffix, ragged_csv_error, read_bytes
 from dpodiag.io.steplogs.sidecars import glob_escape, run_prefix
 from dpodiag.io.steplogs.table import RawLog, is_pair_record
 
@@ -63,7 +63,7 @@ def read(path: Path, fmt: str, run_name: str | None = None) -> RawLog:
 def _parse(data: bytes, path: Path, n_rows: int | None = None, strict: bool = True) -> pl.DataFrame:
     # Every column as text first; numeric conversion happens per column afterwards. A row with
     # more fields than the header is an error that names its line, except when sniffing.
-    separator = "\t" if logical_suffix(path) == ".tsv" else ","
+    separator = csv_separator(path)
     try:
         return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False,
                            n_rows=n_rows, truncate_ragged_lines=not strict)
