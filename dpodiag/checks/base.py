@@ -265,6 +265,16 @@ def require_steps(data: RunData, split: str, columns: list[str], minimum: int) -
     return rows
 
 
+def finite_mean(rows: pl.DataFrame, column: str) -> float | None:
+    """Return the mean of the finite values of `column` in `rows`; None when the column is
+    missing or has no finite value."""
+    if column not in rows.columns:
+        return None
+    values = rows.get_column(column)
+    mean = values.filter(values.is_finite()).mean()
+    return None if mean is None else float(mean)
+
+
 def end_windows(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return the first and last END_WINDOW share of a step-sorted table (at least one row each)."""
     size = max(1, int(round(frame.height * END_WINDOW)))

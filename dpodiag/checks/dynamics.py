@@ -15,6 +15,7 @@ from dpodiag.checks.base import (
     Skip,
     check,
     end_windows,
+    finite_mean,
     require_steps,
     windows_phrase,
 )
@@ -139,8 +140,7 @@ def margin_saturation(data: RunData) -> list[Finding]:
     rows = require_steps(data, "train", ["rewards_margins"], 1)
     _, late = end_windows(rows)
     late_margin = float(late.get_column("rewards_margins").mean())
-    late_accuracy = (float(late.get_column("rewards_accuracies").mean())
-                     if "rewards_accuracies" in late.columns else None)
+    late_accuracy = finite_mean(late, "rewards_accuracies")
 
     # Pair logs count the pairs with a tiny weight; step logs bound the mean weight.
     saturated_share = late_loss = None

@@ -11,6 +11,7 @@ from dpodiag.checks.base import (
     Skip,
     check,
     end_windows,
+    finite_mean,
     require_steps,
     windows_phrase,
 )
@@ -64,7 +65,7 @@ def preference_direction_inverted(data: RunData) -> list[Finding]:
              f"{early_margin:.3g} to {late_margin:.3g}, and the mean reward accuracy of the last "
              f"window is {late_accuracy:.2f}, below chance.")
     loss_text = " "
-    early_loss, late_loss = (_finite_mean(window, "loss") for window in (early, late))
+    early_loss, late_loss = (finite_mean(window, "loss") for window in (early, late))
     if early_loss is not None and late_loss is not None:
         if not late_loss < early_loss:
             # The loss rose as the margin fell: the log is consistent with its own objective.
@@ -159,15 +160,6 @@ def first_loss_is_discopop(data: RunData) -> bool:
         if loss is not None and abs(loss - value) <= DISCOPOP_MATCH * value:
             return True
     return False
-
-
-def _finite_mean(rows, column: str) -> float | None:
-    """Mean of the finite values of `column`, None when it has none."""
-    if column not in rows.columns:
-        return None
-    values = rows.get_column(column)
-    mean = values.filter(values.is_finite()).mean()
-    return None if mean is None else float(mean)
 
 
 def sign_error_text(data: RunData, evidence: dict) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import dpodiag
@@ -181,6 +181,8 @@ def damaged(draw) -> bytes:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(max_size=512), damaged()), suffix=st.sampled_from(SUFFIXES))
+# Two step records: the one with a margin has no accuracy.
+@example(data=b'{"rewards/accuracies":0.5,"step":1}\n{"rewards/margins":0.1,"step":2}', suffix=".jsonl")
 def test_readers_never_crash(data, suffix):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"run{suffix}"
