@@ -196,9 +196,13 @@ class RunData:
         return bool(((loss == 0) & (np.logaddexp(0.0, -margin) > rounding)).any())
 
     def split_steps(self, split: str) -> pl.DataFrame:
+        """Return the step-table rows of `split`, in step order. Split names are canonical:
+        "train", "eval" (validation, test and dev), or another name kept in lower case."""
         return self.steps.filter(pl.col("split") == split).sort("step")
 
     def split_pairs(self, split: str) -> pl.LazyFrame:
+        """Return the pair-table rows of `split` (a canonical name, see `split_steps`); skip the
+        check on a step log."""
         return self.scan_pairs().filter(pl.col("split") == split)
 
     def finding(self, code: str, title: str, message: str, **kwargs) -> Finding:
@@ -234,11 +238,6 @@ def check(code: str, severity: str, levels: tuple[str, ...], *, meaning: str, ca
         return fn
 
     return register
-
-
-def require_pairs(data: RunData) -> pl.LazyFrame:
-    """Return the pair table as a LazyFrame, or skip the check on a step log."""
-    return data.scan_pairs()
 
 
 def require_reference_loss(data: RunData) -> LossSpec | None:

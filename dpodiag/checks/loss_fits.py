@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dpodiag.checks.base import RunData, Skip, require_pairs
+from dpodiag.checks.base import RunData, Skip
 from dpodiag.checks.settings import settings_skip_reason
 from dpodiag.compute.identify import Identification, LossFit, identify
 
@@ -16,7 +16,7 @@ def identifications(data: RunData) -> dict[str, Identification]:
     gradient-accumulation steps in training is logged unscaled in evaluation.
     """
     if "identification" not in data.cache:
-        pairs = require_pairs(data)
+        pairs = data.scan_pairs()
         meta = data.run.meta
         if "loss" not in data.pair_columns:
             raise Skip("the log has no per-pair loss column")

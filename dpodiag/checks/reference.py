@@ -9,7 +9,6 @@ from dpodiag.checks.base import (
     RunData,
     Skip,
     check,
-    require_pairs,
     require_reference_loss,
     require_steps,
 )
@@ -42,7 +41,7 @@ def _has_reference_columns(columns: list[str]) -> bool:
               "(all zero or null), or one constant written for every pair.",
        fix="Log reference_chosen_logps and reference_rejected_logps per pair, or the log-ratios.")
 def reference_missing(data: RunData) -> list[Finding]:
-    pairs = require_pairs(data)
+    pairs = data.scan_pairs()
     spec = require_reference_loss(data)
     if spec is None:
         raise Skip("the loss type is unknown, so it is unknown whether a reference is needed")
@@ -176,7 +175,7 @@ def _tracks_policy_in_steps(data: RunData) -> list[Finding]:
 def reference_not_initial_policy(data: RunData) -> list[Finding]:
     if data.pairs is None:
         return _first_record_not_initial(data)
-    pairs = require_pairs(data)
+    pairs = data.scan_pairs()
     spec = require_reference_loss(data)
     first = int(data.run.steps[0])
     if first != 0:

@@ -14,7 +14,10 @@ Columns of the moments table, one row per (run, split, step):
   NaN, and the count of infinite v.
 - length_*: rows with a finite margin m and a length difference d = chosen - rejected: n and the
   sums of m, d, m^2, d^2, md.
-- ids_distinct: distinct example ids (null counts as one id), and rows, every row.
+- ids_distinct: the number of distinct example ids, counted by their 64-bit hashes (a null id
+  counts as one id, and two ids with equal hashes, which is unlikely, as one). When it is
+  below rows, `duplicate-steps` counts the repeated ids exactly on the pair table.
+- rows: the number of rows, every row counted.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import polars as pl
 
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.metadata import apply_metadata, read_parquet_meta
-from dpodiag.io.pairs import pair_format, read_columns
+from dpodiag.io.pairs import canonical_split, pair_format, read_columns
 from dpodiag.schema import Run, RunMeta
 
 UNPAIRED_COLUMNS = {"step": pl.Int64, "split": pl.Utf8, "example_id": pl.Utf8, "epoch": pl.Float64,
@@ -90,8 +90,8 @@ def read_unpaired_log(path: Path, *, flags: dict | None = None, run_name: str | 
     frame = _cast(path, raw.rename({theirs: canonical for canonical, theirs in mapping.items()}), mapping)
     if "split" not in frame.columns:
         frame = frame.with_columns(pl.lit("train").alias("split"))
-    frame = frame.with_columns(pl.when(pl.col("split").str.to_lowercase().is_in(
-        ["eval", "validation", "val", "test", "dev"])).then(pl.lit("eval")).otherwise(pl.lit("train")).alias("split"))
+    # The split names of pair logs: validation and test names are "eval", others are kept.
+    frame = frame.with_columns(canonical_split(pl.col("split").cast(pl.Utf8)).alias("split"))
     file_meta = read_parquet_meta(path, key_value) if fmt == "parquet" else {}
     name = run_name or path.name.split(".")[0]
     if "run" not in frame.columns:

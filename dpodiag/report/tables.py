@@ -28,6 +28,9 @@ CHART_OF_CHECK = {
     "instability": "chart-loss", "too-little-data": "chart-loss",
     "beta-inferred": "chart-loss", "loss-type-inferred": "chart-loss",
 }
+# Checks whose findings link to no chart: they state how the objective was read, which no
+# chart of the page shows.
+NO_CHART = {"normalisation-inferred", "reference-free-objective"}
 # Share of the last logged train steps averaged for the comparison's "end of training" figures.
 END_SHARE = 0.1
 # Step-table columns compared across runs: (column, label).

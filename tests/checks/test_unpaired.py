@@ -49,6 +49,15 @@ def unpaired_log(path, beta_in_loss=0.1, steps=12, n=16, nan_step=None):
     return path
 
 
+@pytest.mark.parametrize(("given", "read"), [("valid", "eval"), ("Evaluation", "eval"), ("training", "train"),
+                                             ("holdout", "holdout")])
+def test_unpaired_split_names_follow_pair_logs(tmp_path, given, read):
+    path = unpaired_log(tmp_path / "kto.parquet")
+    pl.read_parquet(path).with_columns(pl.lit(given).alias("split")).write_parquet(path)
+    run = dpodiag.load(path, flags={"beta": 0.1})[0]
+    assert run.table.get_column("split").unique().to_list() == [read]
+
+
 def test_unpaired_log_is_read_and_checked(tmp_path):
     runs = dpodiag.load(unpaired_log(tmp_path / "kto.parquet"), flags={"beta": 0.1})
     assert runs[0].level == "unpaired"

@@ -9,6 +9,7 @@ import dpodiag
 
 from dpodiag.errors import InputError, UsageError
 from dpodiag.io import load_runs
+from dpodiag.schema import PAIR_ALIASES
 from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
 
 
@@ -193,3 +194,10 @@ def test_same_file_twice_is_renamed_with_note():
     assert second.table.get_column("run").unique().to_list() == ["healthy-2"]
     assert any("the same file was passed twice" in note for note in second.notes)
     assert not any("renamed" in note for note in first.notes)
+
+
+def test_every_chosen_alias_has_a_rejected_twin():
+    for canonical, aliases in PAIR_ALIASES.items():
+        if "chosen" in canonical:
+            twin = canonical.replace("chosen", "rejected")
+            assert sorted(a.replace("chosen", "rejected") for a in aliases) == sorted(PAIR_ALIASES[twin])

@@ -20,10 +20,12 @@ from report_inputs import (HOSTILE_COLUMN, IMG_ONERROR, SCRIPT_BREAKOUT, diagnos
 from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
 
 import dpodiag
+from dpodiag.checks import REGISTRY
 from dpodiag.pipeline import analyse
 from dpodiag.report import write_report
 from dpodiag.report.embed import round_significant, script_json
 from dpodiag.report.page import render_html
+from dpodiag.report.tables import CHART_OF_CHECK, NO_CHART
 from dpodiag.report.traces import downsample, envelope
 
 GOLDEN = Path(__file__).parent / "golden" / "outline.txt"
@@ -99,6 +101,12 @@ def test_report_has_sections_and_charts(tmp_path):
     for figure in charts.values():
         assert figure["data"]
     assert "Not drawn" not in html
+    assert set(CHART_OF_CHECK.values()) <= set(charts)
+
+
+def test_every_check_links_to_a_chart_or_to_none_on_purpose():
+    assert not set(CHART_OF_CHECK) & NO_CHART
+    assert set(CHART_OF_CHECK) | NO_CHART == set(REGISTRY)
 
 
 def test_run_colours_match_across_charts(tmp_path):
