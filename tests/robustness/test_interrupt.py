@@ -54,9 +54,37 @@ def big_log(tmp_path_factory) -> tuple[Path, float]:
     return folder, duration
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_midway_leaves_nothing(big_log, signum):
+@pytest.fixture
+def log_folder(big_log) -> tuple[Path, float]:
+    """`big_log` with an empty output folder, whatever an earlier test left in it."""
     folder, duration = big_log
+    for path in (folder / "out").glob("*"):
+        path.unlink()
+    return folder, duration
+
+
+def wait_stopped(process: subprocess.Popen, timeout: float = 10.0) -> bool:
+    """Wait until `process` is stopped by a SIGSTOP sent to it (state T in /proc); False when
+    it exits or times out first. A signal is delivered some time after kill() returns."""
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{process.pid}/stat")
+    while time.monotonic() < deadline:
+        try:
+            # The state follows the command name, which is in parentheses.
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in ("T", "t"):
+            return True
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.001)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_midway_leaves_nothing(log_folder, signum):
+    folder, duration = log_folder
     process = start_report(folder)
     time.sleep(duration / 2)
     assert process.poll() is None, "the report finished before the signal"
@@ -67,9 +95,9 @@ def test_signal_midway_leaves_nothing(big_log, signum):
     assert leftovers(folder) == []
 
 
-def test_sigterm_while_writing_removes_temporary_file(big_log):
+def test_sigterm_while_writing_removes_temporary_file(log_folder):
     # Freeze the process (SIGSTOP) as soon as its temporary file appears, look, then stop it.
-    folder, _ = big_log
+    folder, _ = log_folder
     for _ in range(3):
         process = start_report(folder)
         seen: list[str] = []
@@ -80,11 +108,11 @@ def test_sigterm_while_writing_removes_temporary_file(big_log):
             (folder / "out" / "report.html").unlink(missing_ok=True)
             continue
         process.send_signal(signal.SIGSTOP)
-        if "report.html" in leftovers(folder):
-            # The rename happened before the freeze: the write was complete.
+        if not wait_stopped(process) or "report.html" in leftovers(folder):
+            # The process ended, or renamed its file, before the freeze: the write was complete.
             process.send_signal(signal.SIGCONT)
             process.communicate(timeout=120)
-            (folder / "out" / "report.html").unlink()
+            (folder / "out" / "report.html").unlink(missing_ok=True)
             continue
         assert seen[0].startswith(".report.html.")
         process.send_signal(signal.SIGTERM)
@@ -97,9 +125,9 @@ def test_sigterm_while_writing_removes_temporary_file(big_log):
     pytest.skip("the process finished its write before the test saw the temporary file, 3 times")
 
 
-def test_failed_write_leaves_nothing(big_log):
+def test_failed_write_leaves_nothing(log_folder):
     # A file size limit below the report's size makes the write fail as a full disk would.
-    folder, _ = big_log
+    folder, _ = log_folder
 
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
