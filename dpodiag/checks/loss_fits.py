@@ -47,15 +47,21 @@ def declared_fails(ident: Identification) -> bool:
     return not explains(ident.declared.rmse / 5, ident)
 
 
+def source_word(data: RunData, name: str, declared: str = "declared") -> str:
+    """Return how the run's setting `name` was set, as a word for messages: "given" (a
+    command-line flag), "assumed default", "inferred", or `declared` (read from the log, its
+    sidecar or its trainer config)."""
+    return {"flag": "given", "default": "assumed default",
+            "inferred": "inferred"}.get(data.run.meta.source_of(name) or "", declared)
+
+
 def fits_text(data: RunData, split: str, ident: Identification) -> str:
     """Return the first sentence of a loss-fit finding: the RMSE against the declared
-    configuration, called the assumed default when beta or the loss type was not read from a
-    source."""
-    meta = data.run.meta
-    assumed = "default" in (meta.source_of("beta"), meta.source_of("loss_type"))
-    stated = "assumed default" if assumed else "declared"
+    configuration, with how the loss type and beta were set (see `source_word`)."""
+    loss_word, beta_word = source_word(data, "loss_type"), source_word(data, "beta")
+    beta = f"beta {ident.declared.beta:g}" if beta_word == loss_word else f"the {beta_word} beta {ident.declared.beta:g}"
     return (f"On {split} pairs the logged loss has RMSE {ident.declared.rmse:.3g} against the "
-            f"{stated} {ident.declared.loss_type} at beta {ident.declared.beta:g}")
+            f"{loss_word} {ident.declared.loss_type} at {beta}")
 
 
 def options_text(fit: LossFit) -> str:

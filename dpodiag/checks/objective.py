@@ -28,6 +28,7 @@ from dpodiag.checks.loss_fits import (
     fits_text,
     identifications,
     options_text,
+    source_word,
     variant_text,
 )
 from dpodiag.compute.losses import LOSSES, PairBatch
@@ -198,10 +199,11 @@ def beta_mismatch(data: RunData) -> list[Finding]:
         return []
     split, splits = first_split(data, hits)
     ident, fit = hits[split]
+    recorded = source_word(data, "beta", "recorded")
     return [data.finding(
         "beta-mismatch", f"The logged loss was computed with beta {fit.beta:.3g}, not {ident.declared.beta:g}",
         f"{fits_text(data, split, ident)} and {fit.rmse:.3g} at beta {fit.beta:.4g}. The loss used a "
-        "different beta from the recorded one, so rewards and margins reported with the recorded "
+        f"different beta from the {recorded} one, so rewards and margins computed with the {recorded} "
         "beta are off by the same factor.",
         split=split, evidence={"declared_beta": ident.declared.beta, "fitted_beta": fit.beta,
                                "declared_rmse": ident.declared.rmse, "fitted_rmse": fit.rmse,
@@ -328,8 +330,8 @@ def _option_mismatch(data: RunData, hits: dict) -> Finding:
     return data.finding(
         "loss-mismatch", f"The logged loss uses {name} {value:.3g}, not {declared}",
         f"{fits_text(data, split, ident)}, and {best.rmse:.3g} with {variant_text(best)}. The loss "
-        f"used another {name} than the recorded one; only the record or the configuration is "
-        "wrong, not the pairs.",
+        f"used another {name} than the {source_word(data, name, 'recorded')} one; only the record "
+        "or the configuration is wrong, not the pairs.",
         split=split, evidence={"option": name, "declared_value": declared, "fitted_value": value,
                                "fitted_beta": best.beta, "declared_rmse": ident.declared.rmse,
                                "fitted_rmse": best.rmse, "splits": splits})

@@ -26,6 +26,9 @@ REFINE_ROUNDS = 13
 REFINE_POINTS = 9
 # Grid points evaluated in one tensor operation, at most GRID_ELEMENTS values at a time.
 GRID_ELEMENTS = 1 << 21
+# RMSE difference, relative to the logged RMS, below which two variant fits tie: float rounding
+# of one loss computed two ways.
+VARIANT_TIE = 1e-6
 # Values of a variant's option (LossSpec.option) tried at every beta of BETA_GRID before the best
 # one is refined: the label smoothing of cDPO and robust DPO, which must stay below 0.5, and
 # SimPO's target margin gamma.
@@ -87,7 +90,14 @@ class Identification:
                 if spec.needs_reference or has_policy}
 
     def best_variant(self) -> LossFit | None:
-        return min(self.variants.values(), key=lambda fit: fit.rmse, default=None)
+        """The variant with the least RMSE. Variants that tie with it (within VARIANT_TIE of
+        the logged RMS) go by registry order, so sigmoid wins over cdpo and robust at a label
+        smoothing of 0, which compute the same loss."""
+        fits = list(self.variants.values())
+        if not fits:
+            return None
+        least = min(fit.rmse for fit in fits)
+        return next(fit for fit in fits if fit.rmse <= least + VARIANT_TIE * self.logged_rms)
 
 
 def fit_rows(pairs: pl.DataFrame | pl.LazyFrame, engine: str = "auto") -> pl.DataFrame:

@@ -4,7 +4,8 @@ SimPO gamma recorded wrong."""
 import polars as pl
 import pytest
 
-from synthetic import codes, make_pairs, softplus
+import dpodiag
+from synthetic import SAMPLE_LOGS, codes, make_pairs, softplus
 
 BETA = 0.1
 
@@ -35,6 +36,16 @@ def test_undeclared_label_smoothing_is_a_loss_type_mismatch(check_frame, loss_ty
     assert finding.evidence["fitted_options"]["label_smoothing"] == pytest.approx(
         0.1 if loss_type == "cdpo" else 0.15, abs=1e-3)
     assert "loss-mismatch" not in codes(findings)
+
+
+def test_plain_sigmoid_named_over_zero_smoothing():
+    # cdpo and robust at label smoothing 0 compute the sigmoid loss, and their fits may land a
+    # rounding error below sigmoid's (float32 losses of the healthy sample); the fit names sigmoid.
+    runs = dpodiag.load(SAMPLE_LOGS / "healthy.parquet", flags={"loss_type": "ipo"})
+    findings = dpodiag.diagnose(runs, device="cpu").findings
+    (finding,) = [f for f in findings if f.code == "loss-type-mismatch"]
+    assert finding.evidence["fitted"] == "sigmoid"
+    assert finding.title == "The logged loss is sigmoid, not ipo"
 
 
 def test_declared_label_smoothing_is_silent(check_frame):
