@@ -49,6 +49,30 @@ def test_column_override(tmp_path, frame):
     assert run.column_mapping["policy_chosen_logps"] == "pc"
 
 
+def test_column_override_spares_other_inputs(tmp_path, frame):
+    # One --column for two inputs: the file with its own canonical column is read as it is.
+    odd, plain = tmp_path / "odd.csv", tmp_path / "plain.csv"
+    frame.rename({"policy_chosen_logps": "pc"}).write_csv(odd)
+    frame.rename({"policy_chosen_logps": "chosen_logps"}).write_csv(plain)
+    runs = [run for path in (odd, plain) for run in load_runs(path, column_map={"policy_chosen_logps": "pc"})]
+    assert [run.column_mapping["policy_chosen_logps"] for run in runs] == ["pc", "chosen_logps"]
+
+
+def test_column_override_skips_step_metrics(tmp_path, frame):
+    # A step-log metric mapped for the step logs of the same command does not apply here.
+    path = tmp_path / "plain.csv"
+    frame.write_csv(path)
+    (run,) = load_runs(path, column_map={"grad_norm": "gn"})
+    assert "grad_norm" not in run.column_mapping
+
+
+def test_column_override_missing_everywhere(tmp_path, frame):
+    path = tmp_path / "plain.csv"
+    frame.drop("loss").write_csv(path)
+    with pytest.raises(InputError, match=r"plain\.csv: column 'pair_loss' given for loss is not in the file"):
+        load_runs(path, column_map={"loss": "pair_loss"})
+
+
 def test_logratio_form(tmp_path):
     path = tmp_path / "ratios.jsonl"
     pl.DataFrame({"step": [0, 1], "chosen_logratio": [0.0, 1.5],

@@ -137,6 +137,14 @@ def test_column_map_unknown_column(tmp_path):
         read_step_log(path, column_map={"rewards_margins": "gap"})
 
 
+def test_column_map_skips_pair_columns(tmp_path):
+    # A pair-log column mapped for the pair logs of the same command does not apply here.
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train_loss\n0,0.69\n")
+    run = read_step_log(path, column_map={"reference_chosen_logps": "ref_chosen", "loss": "train_loss"})
+    assert run.column_mapping["loss"] == "train_loss"
+
+
 def test_tensorboard_without_package(tmp_path, monkeypatch):
     path = tmp_path / "events.out.tfevents.1.host"
     payload = b"\x00" * 8 + b"brain.Event:2"

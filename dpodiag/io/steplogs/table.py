@@ -24,7 +24,7 @@ from dpodiag.errors import InputError, NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
 from dpodiag.io.steplogs.sidecars import run_prefix
 from dpodiag.io.steplogs.summaries import pop_summaries, pop_summary_columns
-from dpodiag.schema import PAIR_ALIASES, STEP_METRICS, Run
+from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, STEP_METRICS, Run
 
 SPLIT_ORDER = {"train": 0, "eval": 1}
 # Keys that only per-pair logs carry: a file with one of them is a pair log, not a step log.
@@ -166,6 +166,8 @@ def _check_overrides(column_map: dict[str, str], keys: list[str], path: Path) ->
     bases = {split_key(key)[1] for key in keys}
     reverse: dict[str, str] = {}
     for canonical, theirs in column_map.items():
+        if canonical in PAIR_COLUMNS and canonical not in valid:
+            continue  # a pair-log column, for the pair logs given in the same command
         if canonical not in valid:
             raise UsageError(f"column map: unknown canonical name {canonical!r}; use one of: "
                              f"{', '.join(sorted(valid))}")
