@@ -43,8 +43,13 @@ def no_learning_signal(data: RunData) -> list[Finding]:
         moved = policy_movement(data)
         # The step table has a row per (split, step) of the pairs, so it holds the same steps.
         steps = data.steps.get_column("step").n_unique()
-        if moved is None or steps < 2:
+        if steps < 2:
             raise Skip("needs policy log-probs at two or more steps")
+        if moved is None:
+            if "policy_chosen_logps" not in data.pair_columns:
+                raise Skip("needs policy log-probs")
+            raise Skip("needs an example scored at two or more steps, told apart by its "
+                       "example_id, or an eval set scored again")
         if moved > 0:
             return []
         return [data.finding("no-learning-signal", "The policy log-probs never change",

@@ -74,6 +74,13 @@ def test_no_learning_signal_repeated_rows(check_frame):
     assert "no-learning-signal" not in codes(check_frame(pl.concat([once, once])))
 
 
+def test_no_learning_signal_skip_names_ids(check_frame):
+    # Without example ids no example can be followed across steps; the skip says so.
+    findings = check_frame(make_pairs().drop("example_id"))
+    (skipped,) = [f for f in findings if f.code == "checks-skipped"]
+    assert "example_id" in skipped.evidence["skipped"]["no-learning-signal"]
+
+
 # reference-missing
 
 def test_reference_missing_fires_without_reference_columns(check_frame):
