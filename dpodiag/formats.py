@@ -6,6 +6,7 @@ import json
 import math
 import textwrap
 
+from dpodiag.checks import REGISTRY
 from dpodiag.phrases import counted, step_range
 from dpodiag.pipeline import Diagnosis, run_summary
 
@@ -65,9 +66,18 @@ def to_text(diagnosis: Diagnosis, verbose: bool = False, width: int = 100) -> st
             lines.append(f"  {SEVERITY_LABEL[finding.severity]:<7} {finding.code}{where}: {finding.title}")
             lines.extend(textwrap.wrap(finding.message, width=width, initial_indent=" " * 10,
                                        subsequent_indent=" " * 10))
+            if fix := _fix(finding):
+                lines.extend(textwrap.wrap(f"Fix: {fix}", width=width, initial_indent=" " * 10,
+                                           subsequent_indent=" " * 15))
         lines.append("")
     lines.append(_totals(diagnosis))
     return "\n".join(lines) + "\n"
+
+
+def _fix(finding) -> str | None:
+    """Return the catalogue's fix for an error or warning finding; None for info findings."""
+    spec = REGISTRY.get(finding.code)
+    return spec.fix if spec is not None and finding.severity != "info" else None
 
 
 def _totals(diagnosis: Diagnosis) -> str:
@@ -91,10 +101,11 @@ def to_markdown(diagnosis: Diagnosis) -> str:
         lines += [f"- {_cell(name)}: {_cell(note)}" for name, note in notes] + [""]
     shown = [f for f in diagnosis.findings if f.severity != "info"]
     if shown:
-        lines += ["| severity | code | run | where | finding |", "|---|---|---|---|---|"]
+        lines += ["| severity | code | run | where | finding | fix |", "|---|---|---|---|---|---|"]
         for f in shown:
             where = " ".join(p for p in [f.split or "", f"step {f.step}" if f.step is not None else ""] if p)
-            lines.append(f"| {f.severity} | `{f.code}` | {_cell(f.run)} | {where} | {_cell(f.title)} |")
+            lines.append(f"| {f.severity} | `{f.code}` | {_cell(f.run)} | {where} | {_cell(f.title)} "
+                         f"| {_cell(_fix(f) or '')} |")
         lines.append("")
     lines += ["| run | level | rows | steps | beta | loss type | final train accuracy |",
               "|---|---|---|---|---|---|---|"]

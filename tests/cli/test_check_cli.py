@@ -33,6 +33,7 @@ def test_exit_one_on_error(logs):
     result = dpodiag("check", logs[1])
     assert result.returncode == 1
     assert "ERROR   beta-mismatch" in result.stdout
+    assert "Fix: Pass the configured beta to the loss, or correct the recorded beta." in result.stdout
 
 
 def test_fail_on_never(logs):
@@ -57,6 +58,7 @@ def test_markdown_summary(logs):
     result = dpodiag("check", *logs, "--format", "markdown")
     assert result.stdout.startswith("## dpodiag check")
     assert "| error | `beta-mismatch` | broken |" in result.stdout
+    assert "| Pass the configured beta to the loss, or correct the recorded beta. |" in result.stdout
 
 
 def test_flags_override_metadata(logs):
