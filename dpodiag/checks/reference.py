@@ -154,12 +154,21 @@ def _tracks_policy_in_steps(data: RunData) -> list[Finding]:
     if "logps_chosen" in later.columns:
         evidence["logps_chosen_range"] = float(later.get_column("logps_chosen").max()
                                                - later.get_column("logps_chosen").min())
-    gradient_text = ("while gradients flow (grad_norm > 0)" if flowing is not None
-                     else "(grad_norm is not logged, so a policy that never updates would look the same)")
+    logps_range = evidence.get("logps_chosen_range")
+    if flowing is not None:
+        movement = ", while gradients flow (grad_norm > 0)."
+    elif logps_range is not None and logps_range > 0:
+        movement = f", while the policy's logps/chosen moves over {logps_range:.3g} nats."
+    elif logps_range is None:
+        movement = (". grad_norm and the policy log-probs are not logged, so a policy that never "
+                    "updates would look the same.")
+    else:
+        movement = (". grad_norm is not logged and the policy log-probs do not move, so the policy "
+                    "may never update.")
     return [data.finding(
         "reference-tracks-policy", "Rewards are exactly 0 at every step",
         f"rewards/chosen and rewards/rejected are exactly 0 in {zero_share:.0%} of the "
-        f"{later.height} train records after the first, {gradient_text}. The reference log-probs "
+        f"{later.height} train records after the first{movement} The reference log-probs "
         "equal the policy's: the reference is computed with the training weights (a LoRA adapter "
         "not disabled, a shared model), or beta is 0.",
         split="train", step=int(later.get_column("step").min()), evidence=evidence)]

@@ -142,3 +142,29 @@ def test_loss_falling_with_margin_is_sigmoid():
 def test_rising_loss_needs_a_declared_loss():
     rows = margins_rising_to(3.0, lambda m: (m / 0.1 - 5) ** 2)
     assert "loss-type-mismatch" not in codes(findings_of(rows))
+
+
+def zero_rewards(**drop) -> dict:
+    """Rewards exactly 0 at every step; the columns in `drop` are left out."""
+    rows = healthy_steps(rewards_chosen=np.zeros(30), rewards_rejected=np.zeros(30),
+                         rewards_margins=np.zeros(30), loss=np.full(30, 0.6931))
+    return {name: values for name, values in rows.items() if name not in drop}
+
+
+def tracks_policy_message(rows: dict) -> str:
+    (finding,) = [f for f in findings_of(rows) if f.code == "reference-tracks-policy"]
+    return finding.message
+
+
+def test_tracks_policy_names_gradients():
+    assert "while gradients flow (grad_norm > 0)." in tracks_policy_message(zero_rewards())
+
+
+def test_tracks_policy_names_moving_logps():
+    message = tracks_policy_message(zero_rewards(grad_norm=True))
+    assert "after the first, while the policy's logps/chosen moves over 4.2 nats." in message
+
+
+def test_tracks_policy_without_evidence_of_updates():
+    message = tracks_policy_message(zero_rewards(grad_norm=True, logps_chosen=True, logps_rejected=True))
+    assert "grad_norm and the policy log-probs are not logged" in message
