@@ -212,11 +212,13 @@ def reject_other_separator(path: Path, head: bytes) -> None:
     if expected in header:
         return
     names = {",": "','", ";": "';'", "|": "'|'", "\t": "a tab"}
-    for other in (";", "\t", "|"):
-        if other in header:
-            raise InputError(path, f"line 1: the header contains no {names[expected]} but "
-                             f"{names[other]}, so its fields are separated by {names[other]}",
-                             "save the file with ',' between fields (or with tabs and a .tsv name)")
+    for other in (",", ";", "\t", "|"):
+        if other in header and other != expected:
+            missing = "tab" if expected == "\t" else names[expected]
+            fix = ("rename it to end in .csv" if other == "," else
+                   "save the file with ',' between fields (or with tabs and a .tsv name)")
+            raise InputError(path, f"line 1: the header contains no {missing} but {names[other]}, "
+                             f"so its fields are separated by {names[other]}", fix)
 
 
 def _drop_cut_last_line(path: Path, fmt: str, data: bytes, notes: list[str] | None) -> bytes:

@@ -438,6 +438,10 @@ def build_semicolon_csv(folder: Path) -> None:
     write(folder, "pairs.csv", pairs_csv().replace(",", ";"))
 
 
+def build_comma_tsv(folder: Path) -> None:
+    write(folder, "pairs.tsv", pairs_csv())
+
+
 def build_valid_pairs(folder: Path) -> None:
     write(folder, "pairs.csv", pairs_csv())
 
@@ -647,6 +651,9 @@ CASES: list[Case] = [
          (*CHECK, "pairs.csv"), ERROR, "pairs.csv: line 1: the header contains no ',' but ';', so "
          "its fields are separated by ';'; save the file with ',' between fields (or with tabs "
          "and a .tsv name)"),
+    Case("comma-tsv", "comma-separated file named .tsv", build_comma_tsv,
+         (*CHECK, "pairs.tsv"), ERROR, "pairs.tsv: line 1: the header contains no tab but ',', so its "
+         "fields are separated by ','; rename it to end in .csv"),
     Case("csv-gz", "gzip-compressed pair log CSV", build_csv_gz, (*CHECK, "pairs.csv.gz"),
          READ, PAIRS_READ),
     Case("pair-jsonl-gz", "gzip-compressed pair log JSONL", build_pair_jsonl_gz,
@@ -682,10 +689,10 @@ CASES: list[Case] = [
          "(training_args.bin); dpodiag never unpickles input; pass trainer_state.json from the "
          "same folder instead"),
     Case("console-without-metrics", "console log with no metrics in it",
-         build_console_without_metrics, (*CHECK, "train.out"), ERROR, "train.out: lines 1-4: no "
+         build_console_without_metrics, (*CHECK, "train.out"), ERROR, "train.out: lines 1-3: no "
          "metrics found in this console log; pass a file that contains the printed training dicts"),
     Case("prose-text", "a text file of prose", build_prose, (*CHECK, "notes.txt"), ERROR,
-         "notes.txt: lines 1-3: no metrics found in this console log; pass a file that contains "
+         "notes.txt: lines 1-2: no metrics found in this console log; pass a file that contains "
          "the printed training dicts"),
     Case("json-not-log", "a JSON config that is not a log", build_json_not_log,
          (*CHECK, "tokenizer_config.json"), ERROR, "tokenizer_config.json: contains run-level "

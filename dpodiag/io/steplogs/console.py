@@ -53,7 +53,7 @@ def read(path: Path, fmt: str = "console") -> RawLog:
     text = read_text(path)
     found, notes = extract_dicts(text)
     if not found:
-        lines = text.count("\n") + 1
+        lines = max(len(text.splitlines()), 1)
         fix = "pass a file that contains the printed training dicts"
         header = next((line for line in text.splitlines() if line.strip()), "")
         for separator, suffix in ((",", ".csv"), ("\t", ".tsv")):
