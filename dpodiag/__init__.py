@@ -6,6 +6,7 @@
 """
 
 __version__ = "0.1.0"
+__all__ = ["Diagnosis", "analyse", "diagnose", "load", "write_report"]
 
 
 def __getattr__(name):
@@ -20,3 +21,7 @@ def __getattr__(name):
         from dpodiag.report import write_report
         return write_report
     raise AttributeError(f"module 'dpodiag' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

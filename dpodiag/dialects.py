@@ -374,15 +374,25 @@ def detect_dialect(keys: Iterable[str], meta: Mapping[str, Any] | None = None) -
 
 
 def _is_legacy_trl(ordered: list[str], bases: set[str], transformers_version: Any) -> bool:
-    # TRL 0.14 needs transformers >= 4.46; grad_norm appeared in transformers 4.38 (early 2024),
-    # and the 2023 DPOTrainer logged rejected before chosen.
+    return legacy_trl_reason(ordered, bases, transformers_version) is not None
+
+
+def legacy_trl_reason(ordered: list[str], bases: set[str], transformers_version: Any) -> str | None:
+    """Return why a TRL DPOTrainer log reads as TRL 0.13 or earlier, or None when it does not.
+
+    TRL 0.14 needs transformers >= 4.46; grad_norm appeared in transformers 4.38 (early 2024),
+    and the 2023 DPOTrainer logged rejected before chosen.
+    """
     if transformers_version:
         parts = re.findall(r"\d+", str(transformers_version))[:2]
         if len(parts) == 2:
-            return (int(parts[0]), int(parts[1])) < (4, 46)
+            if (int(parts[0]), int(parts[1])) < (4, 46):
+                return f"its transformers version {transformers_version} is older than 4.46"
+            return None
     if "grad_norm" not in bases:
-        return True
+        return "it logs no grad_norm, which transformers logs since 4.38"
     stripped = [split_key(key)[1] for key in ordered]
-    if "logps/rejected" in stripped and "logps/chosen" in stripped:
-        return stripped.index("logps/rejected") < stripped.index("logps/chosen")
-    return False
+    if "logps/rejected" in stripped and "logps/chosen" in stripped \
+            and stripped.index("logps/rejected") < stripped.index("logps/chosen"):
+        return "it logs logps/rejected before logps/chosen, as the 2023 DPOTrainer did"
+    return None

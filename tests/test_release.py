@@ -128,3 +128,10 @@ def test_reading_a_log_does_not_import_torch(tmp_path):
               "run.materialise(); print(run.table.height, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
     assert result.stdout.split() == [str(make_pairs(steps=4, pairs=4, seed=0).height), "False"]
+
+
+def test_public_api_listed_by_dir():
+    import dpodiag
+
+    assert {"load", "diagnose", "write_report"} <= set(dir(dpodiag))
+    assert all(callable(getattr(dpodiag, name)) for name in ("load", "diagnose", "write_report"))

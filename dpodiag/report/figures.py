@@ -59,8 +59,9 @@ def accuracy_chart(runs: list[RunData]) -> Chart:
     chart = Chart("chart-accuracy", "Reward accuracy and ranking accuracy",
                   "Reward accuracy: share of pairs with margin > 0. Ranking accuracy: share of pairs "
                   "where the policy itself gives the chosen response the higher log-prob. Healthy: "
-                  "reward accuracy climbs from about 0.5 well above chance; ranking accuracy is "
-                  "usually much lower and moves slowly. Reward accuracy below 0.5 and falling means "
+                  "reward accuracy climbs from about 0.5 well above chance. Ranking accuracy starts "
+                  "from the reference model's own ranking, in which summed log-probs favour the "
+                  "shorter response, and need not follow. Reward accuracy below 0.5 and falling means "
                   "the preference direction is inverted.")
     panels = [Panel("reward accuracy", "share of pairs", (Series("rewards_accuracies"),), ((0.5, "chance"),)),
               Panel("ranking accuracy", "share of pairs", (Series("ranking_accuracy"),), ((0.5, "chance"),))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,24 @@ def test_named_dialect_overrides_detection():
     run = read_step_log(path, dialect="trl-legacy")
     assert run.dialect == "trl-legacy"
     assert set(STEP_METRICS) - {"nll_loss"} <= set(run.table.columns)
+
+
+@pytest.mark.parametrize(("keys", "reason"), [
+    ([k for k in TRL_2024 if k != "grad_norm"], "because it logs no grad_norm"),
+    (["loss", "rewards/chosen", "logps/rejected", "logps/chosen", "grad_norm"],
+     "because it logs logps/rejected before logps/chosen"),
+    (TRL_2024, None),
+])
+def test_legacy_dialect_note_gives_reason(tmp_path, keys, reason):
+    path = tmp_path / "trainer_state.json"
+    # Distinct values per key and step, so that no ratio of two keys is constant.
+    records = [{**{key: index + 0.1 * step * step for index, key in enumerate(keys)}, "step": step}
+               for step in (1, 2, 3)]
+    path.write_text(json.dumps({"log_history": records}))
+    notes = [note for note in read_step_log(path).notes if "trl-legacy" in note]
+    if reason is None:
+        assert notes == []
+    else:
+        (note,) = notes
+        assert reason in note
+        assert note.endswith("pass --dialect trl if it comes from TRL 0.14 or later")

@@ -42,7 +42,7 @@ def test_blank_file(tmp_path):
 def test_console_log_without_metrics(tmp_path):
     path = tmp_path / "train.out"
     path.write_text("Loading checkpoint shards: 100%\nUpdated tokens: {'eos_token_id': 2}\ndone\n")
-    with pytest.raises(NoDataError, match=r"train\.out: lines 1-4: no metrics found in this "
+    with pytest.raises(NoDataError, match=r"train\.out: lines 1-3: no metrics found in this "
                                           r"console log; pass a file that contains the printed "
                                           r"training dicts"):
         read_step_log(path)

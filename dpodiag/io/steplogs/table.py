@@ -18,7 +18,7 @@ import polars as pl
 
 from dpodiag.dialects import (
     EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, fixed_reward_ratio,
-    get_dialect, split_key,
+    get_dialect, legacy_trl_reason, split_key,
 )
 from dpodiag.errors import InputError, NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
@@ -102,6 +102,11 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
         chosen = get_dialect("trl-cpo")
         notes.append("read as TRL CPOTrainer: the rewards are one multiple (beta) of the policy "
                      "log-probs in every record, so there is no reference")
+    if dialect is None and chosen.name == "trl-legacy":
+        bases = {split_key(key)[1] for key in keys} | set(keys)
+        reason = legacy_trl_reason(keys, bases, raw.hints.get("transformers_version"))
+        notes.append(f"read as TRL 0.13 or earlier (trl-legacy) because {reason}; pass "
+                     "--dialect trl if it comes from TRL 0.14 or later")
 
     # Classify every column, build one frame per split and stack them in file order.
     plan = _plan_columns(keys, chosen, column_map or {}, path)
