@@ -131,7 +131,5 @@ def test_reading_a_log_does_not_import_torch(tmp_path):
 
 
 def test_public_api_listed_by_dir():
-    import dpodiag
-
     assert {"load", "diagnose", "write_report"} <= set(dir(dpodiag))
     assert all(callable(getattr(dpodiag, name)) for name in ("load", "diagnose", "write_report"))
