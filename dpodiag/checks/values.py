@@ -23,7 +23,9 @@ MIN_PAIRS = 32
 
 
 @check("non-finite-values", "error", ("pairs", "steps", "unpaired"),
-       meaning="NaN or Inf in log-probs, rewards, loss or logits.",
+       meaning="NaN or Inf in log-probs, rewards, loss or logits. A step log whose grad_norm "
+               "alone is NaN or Inf at some steps is not reported: fp16 loss scaling skips the "
+               "update of those steps and training goes on.",
        causes="fp16 overflow, a division by an empty mask, a learning rate that diverged.",
        fix="Find the first step with a non-finite value; use bf16 or fp32, check masks and the "
            "learning rate.")
@@ -38,7 +40,7 @@ def non_finite_values(data: RunData) -> list[Finding]:
     counts = data.collect(table.select(pl.len().alias("rows"), *(is_bad[c].sum().alias(c) for c in columns)))
     bad_by_column = {c: int(counts.get_column(c)[0]) for c in columns}
     bad_by_column = {c: n for c, n in bad_by_column.items() if n}
-    if not bad_by_column:
+    if not bad_by_column or (data.pairs is None and _skipped_updates(data, bad_by_column)):
         return []
 
     # The rows with a non-finite value: how many, at which steps, and whether the loss hides them.
@@ -78,6 +80,17 @@ def non_finite_values(data: RunData) -> list[Finding]:
         step=first_step,
         evidence={"rows": rows, "share": share, "first_step": first_step,
                   "steps": steps[:20], "columns": bad_by_column, **({"null_inputs": nulls} if nulls else {})})]
+
+
+def _skipped_updates(data: RunData, bad_by_column: dict[str, int]) -> bool:
+    """True when grad_norm is the only non-finite step metric, in under half of the train
+    records and not in the last one: fp16 loss scaling (torch's GradScaler) skips the update of a
+    step whose gradients overflow, logs its grad_norm as NaN or Inf and goes on training."""
+    if set(bad_by_column) != {"grad_norm"}:
+        return False
+    norms = data.split_steps("train").get_column("grad_norm").drop_nulls()
+    finite = norms.is_finite()
+    return norms.len() > 0 and bool(finite[-1]) and float((~finite).mean()) < 0.5
 
 
 def _splits_by_column(data: RunData, bad_rows: pl.LazyFrame, is_bad: dict[str, pl.Expr]) -> dict[str, str]:

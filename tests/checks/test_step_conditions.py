@@ -168,3 +168,25 @@ def test_tracks_policy_names_moving_logps():
 def test_tracks_policy_without_evidence_of_updates():
     message = tracks_policy_message(zero_rewards(grad_norm=True, logps_chosen=True, logps_rejected=True))
     assert "grad_norm and the policy log-probs are not logged" in message
+
+
+def grad_norms(nan_steps: list[int]) -> dict:
+    """A healthy run whose grad_norm is NaN at `nan_steps` (1-based)."""
+    rows = healthy_steps()
+    rows["grad_norm"] = np.where(np.isin(rows["step"], nan_steps), np.nan, rows["grad_norm"])
+    return rows
+
+
+def test_nan_grad_norm_of_skipped_updates_is_silent():
+    # fp16 loss scaling skips an overflowed step and logs its grad_norm as NaN.
+    assert "non-finite-values" not in codes(findings_of(grad_norms([1, 2, 18])))
+
+
+def test_nan_grad_norm_to_the_end_fires():
+    assert "non-finite-values" in codes(findings_of(grad_norms(list(range(20, 31)))), "error")
+
+
+def test_nan_loss_beside_nan_grad_norm_fires():
+    rows = grad_norms([18])
+    rows["loss"] = np.where(rows["step"] == 18, np.nan, rows["loss"])
+    assert "non-finite-values" in codes(findings_of(rows), "error")
