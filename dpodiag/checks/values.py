@@ -250,7 +250,7 @@ def duplicate_steps(data: RunData) -> list[Finding]:
         raise Skip("the log keeps no record order")
     findings = []
     for split in data.run.splits:
-        rows = data.steps.filter(pl.col("split") == split).sort("record")
+        rows = _drop_repeated_records(data.steps.filter(pl.col("split") == split).sort("record"))
         steps = rows.get_column("step")
         backwards = int((steps.diff() <= 0).sum())
         if backwards == 0:
@@ -271,6 +271,15 @@ def duplicate_steps(data: RunData) -> list[Finding]:
             split=split, step=first, evidence={"non_increasing": backwards, "first_step": first,
                                                "repeated_steps": repeated}))
     return findings
+
+
+def _drop_repeated_records(rows: pl.DataFrame) -> pl.DataFrame:
+    """Drop each record whose step and metric values equal the record before it, apart from
+    timings (`extra_*` columns such as runtime). HF Trainer logs the evaluation that ends
+    training again at the last evaluated step; identical copies repeat nothing."""
+    metrics = [c for c in rows.columns if c not in ("run", "split", "record") and not c.startswith("extra_")]
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in metrics])
+    return rows.filter(~same.fill_null(False))
 
 
 # Summed log-probs grow in magnitude with the response length: the per-step correlation of

@@ -96,6 +96,21 @@ def test_repeated_steps_read_as_resumed_run():
     assert "occur more than once" in duplicate.message
 
 
+def test_final_evaluation_logged_twice_is_silent():
+    # HF Trainer logs the evaluation that ends training again, at the same step and values.
+    evals = {"step": [10, 20, 30, 30], "loss": [0.6, 0.5, 0.45, 0.45],
+             "rewards_accuracies": [0.6, 0.7, 0.75, 0.75], "extra_runtime": [53.1, 53.7, 53.7, 53.6]}
+    findings = findings_of(with_evals(healthy_steps(), evals))
+    assert "duplicate-steps" not in codes(findings)
+
+
+def test_evaluation_repeated_with_other_values_fires():
+    evals = {"step": [10, 20, 30, 30], "loss": [0.6, 0.5, 0.45, 0.47],
+             "rewards_accuracies": [0.6, 0.7, 0.75, 0.75], "extra_runtime": [53.1, 53.7, 53.7, 53.6]}
+    findings = findings_of(with_evals(healthy_steps(), evals))
+    assert "duplicate-steps" in codes(findings)
+
+
 def test_reordered_steps_read_as_out_of_order():
     rows = healthy_steps()
     rows["step"] = np.concatenate([np.arange(1, 11), np.arange(21, 31), np.arange(11, 21)])
