@@ -161,8 +161,8 @@ def _positive_int(value) -> bool:
        meaning="Accuracies sit on a coarse 1/k grid: each logged value averages only k pairs.",
        causes="Metrics from one device that were never gathered (TRL up to 0.13), or per-device "
               "batches of 1-4 pairs logged every step.",
-       fix="Compare runs only on gathered metrics or longer windows; raise logging_steps or "
-           "upgrade TRL.")
+       fix="Compare runs only on gathered metrics or longer windows: raise logging_steps, or "
+           "upgrade TRL when its version (up to 0.13) does not gather metrics.")
 def rank_local_metrics(data: RunData) -> list[Finding]:
     rows = require_steps(data, "train", ["rewards_accuracies"], 10)
     values = rows.get_column("rewards_accuracies").to_numpy()
@@ -180,9 +180,11 @@ def rank_local_metrics(data: RunData) -> list[Finding]:
                    f"so a 1/{grid} grid is expected")
     cause = ("this TRL version logs metrics of one device without gathering them"
              if legacy else "each logged value comes from one device or a tiny batch")
+    title = "Accuracies are only 0 or 1" if grid == 1 else f"Accuracies are multiples of 1/{grid}"
+    shape = "0 or 1, the accuracy of one pair" if grid == 1 else f"multiples of 1/{grid}"
     return [data.finding(
-        "rank-local-metrics", f"Accuracies are multiples of 1/{grid}",
-        f"All {len(values)} train accuracies are multiples of 1/{grid}: {cause}. Per-record values "
+        "rank-local-metrics", title,
+        f"All {len(values)} train accuracies are {shape}: {cause}. Per-record values "
         "are too noisy to judge, and comparisons with gathered runs are not like for like.",
         split="train", evidence={"grid": grid, "records": len(values),
                                  "values": sorted(set(np.round(values, 4).tolist()))[:10]})]

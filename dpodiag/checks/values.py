@@ -148,8 +148,11 @@ def invalid_logprobs(data: RunData) -> list[Finding]:
 
 @check("too-little-data", "warning", ("pairs", "steps", "unpaired"),
        meaning="Too few steps or pairs to judge trends; checks that need more are skipped.",
-       causes="A smoke test, a run that crashed early, or a log cut short.",
-       fix="Log more steps (logging_steps=1) or run longer before judging the dynamics.")
+       causes="A smoke test, a run that crashed early, a log cut short, a file of final values "
+              "only, or the log of another trainer (SFT).",
+       fix="Pass the whole history of the DPO-family run (trainer_state.json, console output, "
+           "W&B or TensorBoard files, or a pair log) rather than a summary or another trainer's "
+           "log, log every step (logging_steps=1), or run longer.")
 def too_little_data(data: RunData) -> list[Finding]:
     if data.pairs is None and not _has_preference_metrics(data.steps):
         return [data.finding(

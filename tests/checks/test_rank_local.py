@@ -68,3 +68,11 @@ def test_configured_pairs_product():
     assert pairs == 30
     assert "per_device_train_batch_size 2" in settings
     assert configured_pairs_per_record({"per_device_train_batch_size": True, "logging_steps": 1}) == (None, "")
+
+
+def test_batch_of_one_titled_zero_or_one():
+    rng = np.random.default_rng(0)
+    rows = healthy_steps(rewards_accuracies=rng.integers(0, 2, 30).astype(float))
+    (finding,) = [f for f in findings(rows, {}).findings if f.code == "rank-local-metrics"]
+    assert finding.title == "Accuracies are only 0 or 1"
+    assert "multiples of 1/1" not in finding.message
