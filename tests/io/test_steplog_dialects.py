@@ -137,3 +137,14 @@ def test_legacy_dialect_note_gives_reason(tmp_path, keys, reason):
         (note,) = notes
         assert reason in note
         assert note.endswith("pass --dialect trl if it comes from TRL 0.14 or later")
+
+
+def test_loss_type_from_keys_says_how(tmp_path):
+    path = tmp_path / "trainer_state.json"
+    keys = [*TRL_2024, "log_odds_ratio", "log_odds_chosen", "nll_loss"]
+    records = [{**{key: index + 0.1 * step * step for index, key in enumerate(keys)}, "step": step}
+               for step in (1, 2, 3)]
+    path.write_text(json.dumps({"log_history": records}))
+    run = read_step_log(path)
+    assert (run.meta.loss_type, run.meta.source_of("loss_type")) == ("orpo", "inferred")
+    assert run.meta.inference["loss_type"]["method"] == "its keys are those of the trl-orpo dialect"

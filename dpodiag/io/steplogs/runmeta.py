@@ -36,6 +36,8 @@ def run_meta(values: dict[str, Any], dialect: Dialect, table: pl.DataFrame,
         notes.append(f"the trainer config declares loss_type {meta.loss_type}, but the logged "
                      f"keys are those of {implied} ({dialect.name}: {dialect.description})")
     meta.update(inferred, "inferred")
+    if "loss_type" in inferred:
+        meta.inference["loss_type"] = {"method": f"its keys are those of the {dialect.name} dialect"}
     _apply_label_smoothing(meta, dialect, notes)
     if meta.logps_normalisation is None:
         summed = "avg_logps_chosen" in table.columns
