@@ -344,7 +344,9 @@ def detect_dialect(keys: Iterable[str], meta: Mapping[str, Any] | None = None) -
         return DIALECTS["trl-grpo"]
     if {"current_steps", "odds_ratio_loss"} & bases:
         return DIALECTS["llamafactory"]
-    if {"chosen_reward", "reject_reward"} & bases or {"acc_mean", "loss_mean"} <= bases:
+    # OpenRLHF writes "reject_reward"; hand-written loops that log chosen_reward and
+    # rejected_reward are read by the generic name rules.
+    if "reject_reward" in bases or {"acc_mean", "loss_mean"} <= bases:
         return DIALECTS["openrlhf"]
     if {"log_probs/chosen", "tokens_per_second_per_gpu"} & bases:
         return DIALECTS["torchtune"]

@@ -9,11 +9,11 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from dpodiag.errors import DpodiagError, InputError, NoDataError
+from dpodiag.errors import DpodiagError, InputError, NoDataError, UsageError
 from dpodiag.phrases import counted
 from dpodiag.io.canonical import canonical_level, read_canonical_steps
 from dpodiag.io.pairs import (
-    check_required, looks_like_pair_log, map_columns, pair_format, read_pair_log,
+    check_required, looks_like_pair_log, map_columns, pair_format, read_columns, read_pair_log,
 )
 from dpodiag.io.unpaired import looks_like_unpaired_log, read_unpaired_log
 from dpodiag.io.source import gzip_is_cut, logical_suffix, read_head, reject_other_separator, reject_utf16
@@ -35,6 +35,7 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
     runs: list[Run] = []
     for path in paths:
         runs.extend(load_runs(path, **options))
+    check_column_map_used(paths, runs, options.get("column_map"))
     seen: dict[str, int] = {}
     sources: dict[str, str] = {}
     for run in runs:
@@ -49,6 +50,26 @@ def load(paths: list[str | Path] | str | Path, **options) -> list[Run]:
         else:
             sources[run.name] = run.source
     return runs
+
+
+def check_column_map_used(paths: list[str | Path], runs: list[Run], column_map: dict[str, str] | None) -> None:
+    """Raise when a `column_map` entry (--column CANONICAL=THEIRS) mapped no column of any run.
+
+    One --column applies to every input of a command. So the readers skip an entry whose column
+    an input lacks when that input has the canonical column under a known name, or is a log of
+    the other kind. An entry that no input used is a mistake in the name.
+    """
+    for canonical, theirs in (column_map or {}).items():
+        if any(run.column_mapping.get(canonical) == theirs for run in runs):
+            continue
+        if len(paths) == 1:
+            path = Path(paths[0])
+            fmt = pair_format(path) if path.is_file() else None
+            names = read_columns(path, fmt)[0] if fmt else []
+            fix = f"the file has: {', '.join(names[:30])}" if names else "check the column name"
+            raise InputError(path, f"column {theirs!r} given for {canonical} is not in the file", fix)
+        raise UsageError(f"--column {canonical}={theirs}: none of the {len(paths)} inputs has a "
+                         f"column {theirs!r}; check the name")
 
 
 def load_runs(path: str | Path, *, column_map: dict[str, str] | None = None,

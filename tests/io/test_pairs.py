@@ -58,6 +58,16 @@ def test_column_override_spares_other_inputs(tmp_path, frame):
     assert [run.column_mapping["policy_chosen_logps"] for run in runs] == ["pc", "chosen_logps"]
 
 
+def test_column_override_typo_is_an_error(tmp_path, frame):
+    # The file has its own loss column, but no input has the column that --column names.
+    path = tmp_path / "plain.csv"
+    frame.write_csv(path)
+    with pytest.raises(InputError, match=r"plain\.csv: column 'pair_loss' given for loss is not in the file"):
+        dpodiag.load(path, column_map={"loss": "pair_loss"})
+    with pytest.raises(UsageError, match=r"--column loss=pair_loss: none of the 2 inputs has a column"):
+        dpodiag.load([path, path], column_map={"loss": "pair_loss"})
+
+
 def test_column_override_skips_step_metrics(tmp_path, frame):
     # A step-log metric mapped for the step logs of the same command does not apply here.
     path = tmp_path / "plain.csv"

@@ -32,6 +32,7 @@ DETECTION_CASES = [
     (["current_steps", "total_steps", "loss", "accuracy"], {}, "llamafactory"),
     ([*TRL_2024, "sft_loss", "odds_ratio_loss"], {}, "llamafactory"),
     (["train/loss", "train/acc", "train/chosen_reward", "train/reject_reward"], {}, "openrlhf"),
+    (["step", "loss", "chosen_reward", "rejected_reward", "reward_gap"], {}, "generic"),
     (["loss", "lr", "rewards/chosen", "log_probs/chosen", "log_probs/rejected"], {}, "torchtune"),
     (["train/loss", "train/acc", "train/rewards_chosen_mean", "train/rewards_all_mean"], {},
      "nemo-aligner"),

@@ -355,3 +355,28 @@ def test_trainer_settings_from_config(tmp_path):
     assert run.meta.trainer_config["use_weighting"] is True
     assert run.meta.trainer_config["ld_alpha"] == 0.5
     assert run.dialect == "trl-legacy"
+
+
+@pytest.mark.parametrize("history_key", ["log_history", "train_log_history"])
+def test_settings_beside_records_are_read(tmp_path, history_key):
+    # Project-specific exports state beta and TRL's list-valued loss_type beside the records.
+    records = [{"step": step, "loss": 0.69 - 0.01 * step, "rewards/chosen": 0.01 * step,
+                "rewards/rejected": -0.01 * step, "rewards/margins": 0.02 * step} for step in (1, 2, 3)]
+    path = tmp_path / "dpo_metrics.json"
+    path.write_text(json.dumps({"beta": 0.2, "loss_type": ["sigmoid"], "lr": 5e-6, history_key: records}))
+    run = read_step_log(path)
+    assert (run.meta.beta, run.meta.source_of("beta")) == (0.2, "trainer-config")
+    assert run.meta.loss_type == "sigmoid"
+    assert any(note.startswith("settings read beside the records: ") for note in run.notes)
+
+
+def test_history_of_hand_written_loop(tmp_path):
+    # A hand-written loop's JSON: run values, and a "history" list of records with a step.
+    history = [{"step": step, "loss": 0.69 - 0.1 * step, "chosen_reward": 0.01 * step,
+                "rejected_reward": -0.2 * step, "reward_gap": 0.21 * step} for step in range(1, 7)]
+    path = tmp_path / "dpo_metrics.json"
+    path.write_text(json.dumps({"beta": 0.1, "final_train_loss": 0.1, "history": history}))
+    run = read_step_log(path)
+    assert run.format == "log-history-wrapper"
+    assert {"rewards_chosen", "rewards_rejected", "rewards_margins"} <= set(run.table.columns)
+    assert run.table.height == 6

@@ -17,6 +17,7 @@ from typing import Any
 from dpodiag.dialects import DIALECTS, HF_SUMMARY_KEYS, split_key
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io.source import read_text
+from dpodiag.io.steplogs.sidecars import config_values, describe
 from dpodiag.io.steplogs.table import RawLog, is_pair_record, numeric_items
 
 SNIFF_PARSE_LIMIT = 1_000_000
@@ -131,10 +132,12 @@ def _is_hf_result_key(key: str) -> bool:
 
 
 def _history_key(data: Mapping[str, Any]) -> str | None:
-    # A wrapper's copy of log_history: a key ending in log_history whose value is a list of dicts.
+    # A wrapper's copy of log_history: a key ending in log_history whose value is a list of
+    # dicts, or a key ending in history whose dicts each have a step (hand-written loops).
     for key, value in data.items():
-        if key.endswith("log_history") and isinstance(value, list) and value and all(
-                isinstance(item, Mapping) for item in value):
+        records = isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value)
+        if records and (key.endswith("log_history")
+                        or (key.endswith("history") and all("step" in item for item in value))):
             return key
     return None
 
@@ -150,11 +153,19 @@ def read(path: Path, fmt: str) -> RawLog:
                           "pass the trainer's log: trainer_state.json, a log_history JSON or "
                           "the console output")
     fmt = classify(data) or fmt
-    if fmt == "trainer-state":
-        return _from_dicts(path, data["log_history"], fmt, _state_notes(data))
-    if fmt == "log-history-wrapper":
-        key = _history_key(data)
-        return _from_dicts(path, data[key], fmt, _wrapper_notes(data, key))
+    if fmt in ("trainer-state", "log-history-wrapper"):
+        key = "log_history" if fmt == "trainer-state" else _history_key(data)
+        # A file that states the trainer's settings beside the records (beta, loss_type), as
+        # project-specific exports do, declares them as a trainer config would.
+        values, notes, hints = config_values({k: v for k, v in data.items() if k != key})
+        values.pop("framework", None)  # a guess from the setting names, not stated by the file
+        if values:
+            notes.insert(0, f"settings read beside the records: {describe(values)}")
+        own = _state_notes(data) if fmt == "trainer-state" else _wrapper_notes(data, key, set(values))
+        raw = _from_dicts(path, data[key], fmt, [*own, *notes])
+        raw.meta.update(values)
+        raw.hints.update(hints)
+        return raw
     if fmt == "log-history-array":
         return _from_dicts(path, data, fmt, [])
     if fmt == "tag-summary":
@@ -190,10 +201,10 @@ def _state_notes(state: Mapping[str, Any]) -> list[str]:
     return [f"trainer_state: {', '.join(f'{k}={v}' for k, v in facts.items())}"] if facts else []
 
 
-def _wrapper_notes(data: Mapping[str, Any], key: str) -> list[str]:
+def _wrapper_notes(data: Mapping[str, Any], key: str, settings: set[str]) -> list[str]:
     # Say which copy was read, and keep the wrapper's scalar metadata as notes.
     notes = [f"records read from the wrapper's {key!r} list"]
-    others = [k for k in data if k not in (key, "metadata")]
+    others = [k for k in data if k not in (key, "metadata", *settings)]
     if others:
         notes.append(f"other wrapper keys not read: {', '.join(others)}")
     metadata = data.get("metadata")
