@@ -67,6 +67,10 @@ def dips_at_epoch_ends(data: RunData) -> list[Finding]:
 
     ratios = neighbour_ratios(loss)
     near_end = {j for i in ends for j in range(i - 1, i + 2)}
+    if len(loss) - len(near_end) < MIN_OTHER_RECORDS:
+        # Epochs of a few records each: the neighbours of the ends are most of the log, and the
+        # medians of WINDOW records around them hold at most two ends.
+        near_end = set(ends)
     others = np.array([r for j, r in enumerate(ratios) if j not in near_end and np.isfinite(r)])
     end_ratios = ratios[ends]
     if len(others) < MIN_OTHER_RECORDS or not np.isfinite(end_ratios).all():
@@ -77,16 +81,16 @@ def dips_at_epoch_ends(data: RunData) -> list[Finding]:
 
     steps = [int(train.item(i, "step")) for i in ends]
     accumulation = data.run.meta.trainer_config.get("gradient_accumulation_steps")
-    cause = (f"gradient_accumulation_steps is {accumulation}: " if accumulation else "")
+    setting = f" (gradient_accumulation_steps is {accumulation} here)" if accumulation else ""
     return [data.finding(
         "loss-scale-mismatch",
         f"The train loss dips to {float(np.median(end_ratios)):.2f} x its neighbours at every epoch end",
         f"At each of the {len(ends)} epoch ends (steps {', '.join(map(str, steps[:6]))}) the logged "
         f"loss is {float(end_ratios.min()):.2f}-{float(end_ratios.max()):.2f} x the records around "
-        f"it, lower than {1 - LOW_QUANTILE:.0%} of the other records are. {cause}a last "
-        "accumulation window with fewer micro-batches is still divided by the full count "
-        "(transformers before 4.46), or a loss summed over a short last batch, scales the logged "
-        "loss down at every epoch end.",
+        f"it, lower than {1 - LOW_QUANTILE:.0%} of the other records are. A last accumulation "
+        f"window with fewer micro-batches{setting} is still divided by the full count (transformers "
+        "before 4.46), or the loss is summed over micro-batches or pairs, which a short last "
+        "window or batch makes smaller. Either way the logged loss is not the mean loss.",
         split="train", step=steps[0],
         evidence={"form": "epoch-end dips", "epoch_end_steps": steps,
                   "ratios": [round(float(r), 4) for r in end_ratios],

@@ -84,3 +84,25 @@ def test_neighbour_ratios_against_loop():
         before, after = loss[max(0, i - 5):i], loss[i + 1:i + 6]
         medians = [np.median(side) for side in (before, after) if len(side)]
         assert ratios[i] == pytest.approx(loss[i] / min(medians))
+
+
+def short_epochs(seed: int = 0, dip: float = 1.0) -> dict:
+    """A 30-record log of epochs of 3 records each, whose epoch-end loss is `dip` x the others."""
+    rng = np.random.default_rng(seed)
+    rows = healthy_steps(30)
+    loss = np.asarray(rows["loss"], dtype=float) * rng.normal(1.0, 0.02, 30)
+    epoch = np.arange(1, 31) / 3.2
+    ends = epoch_end_indices(epoch)
+    loss[ends] *= dip
+    rows.update(loss=np.round(loss, 4), epoch=epoch)
+    return rows
+
+
+def test_dips_in_short_epochs_fire():
+    # A loss summed over 4 micro-batches, with one micro-batch in each epoch's last window.
+    assert "loss-scale-mismatch" in diagnose(short_epochs(dip=0.25))
+
+
+def test_short_epochs_without_dips_are_silent():
+    for seed in range(20):
+        assert "loss-scale-mismatch" not in diagnose(short_epochs(seed)), seed
