@@ -14,7 +14,8 @@ FORMAT_TEXT = {
     "wandb-summary": "W&B `wandb-summary.json` (final values under `train/...`, `eval/...`)",
     "tag-summary": "a JSON object of metric series keyed by tag",
     "console": "console captures: stdout, SLURM `.out`, W&B `files/output.log`, logs pasted into "
-               "Markdown; printed Python dicts, also glued to tqdm redraws or hard-wrapped",
+               "Markdown; printed Python dicts, also glued to tqdm redraws or hard-wrapped "
+               "(ms-swift's `global_step/max_steps` text gives the step)",
     "mlx-lm-console": "mlx-lm `Iter N: ...` lines",
     "torchtune-txt": "torchtune DiskLogger `Step N | key:value ...` lines",
     "nemo-rl-console": "NeMo-RL console metric blocks",

@@ -380,3 +380,14 @@ def test_history_of_hand_written_loop(tmp_path):
     assert run.format == "log-history-wrapper"
     assert {"rewards_chosen", "rewards_rejected", "rewards_margins"} <= set(run.table.columns)
     assert run.table.height == 6
+
+
+def test_ms_swift_progress_gives_the_step(tmp_path):
+    # ms-swift prints the step as text: 'global_step/max_steps': '5/100'.
+    lines = [f"{{'loss': {0.69 - 0.01 * step}, 'rewards/chosen': {0.01 * step}, 'rewards/rejected': 0.0, "
+             f"'epoch': {step / 100}, 'global_step/max_steps': '{step}/100', 'percentage': '{step}.00%'}}"
+             for step in (1, 5, 10)]
+    path = tmp_path / "train.log"
+    path.write_text("\n".join(lines) + "\n")
+    run = read_step_log(path)
+    assert run.table.get_column("step").to_list() == [1, 5, 10]

@@ -54,6 +54,11 @@ class RawLog:
     """Hints for dialect detection: framework, transformers_version."""
 
 
+# ms-swift prints the step as text, "global_step/max_steps": "5/100".
+PROGRESS_KEY = "global_step/max_steps"
+PROGRESS = re.compile(r"(\d+)/\d+")
+
+
 def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     """Keep the numeric values of one parsed record; return them and the names of the rest."""
     remaining: dict[str, float] = {}
@@ -61,6 +66,8 @@ def numeric_items(record: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     for key, value in record.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             remaining[str(key)] = float(value)
+        elif key == PROGRESS_KEY and isinstance(value, str) and (match := PROGRESS.fullmatch(value.strip())):
+            remaining["global_step"] = float(match.group(1))
         elif value is not None:
             dropped.append(str(key))
     return remaining, dropped
