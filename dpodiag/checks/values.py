@@ -84,8 +84,8 @@ def non_finite_values(data: RunData) -> list[Finding]:
 
 def _skipped_updates(data: RunData, bad_by_column: dict[str, int]) -> bool:
     """True when grad_norm is the only non-finite step metric, in under half of the train
-    records and not in the last one: fp16 loss scaling (torch's GradScaler) skips the update of a
-    step whose gradients overflow, logs its grad_norm as NaN or Inf and goes on training."""
+    records and not in the last one. That is fp16 loss scaling (torch's GradScaler) at work: it
+    skips the update of a step whose gradients overflow, and training goes on."""
     if set(bad_by_column) != {"grad_norm"}:
         return False
     norms = data.split_steps("train").get_column("grad_norm").drop_nulls()

@@ -39,8 +39,8 @@ def test_undeclared_label_smoothing_is_a_loss_type_mismatch(check_frame, loss_ty
 
 
 def test_plain_sigmoid_named_over_zero_smoothing():
-    # cdpo and robust at label smoothing 0 compute the sigmoid loss, and their fits may land a
-    # rounding error below sigmoid's (float32 losses of the healthy sample); the fit names sigmoid.
+    # cdpo and robust at label smoothing 0 compute the sigmoid loss. Their fits may land a
+    # rounding error below sigmoid's on the float32 losses of the healthy sample, so ties go to sigmoid.
     runs = dpodiag.load(SAMPLE_LOGS / "healthy.parquet", flags={"loss_type": "ipo"})
     findings = dpodiag.diagnose(runs, device="cpu").findings
     (finding,) = [f for f in findings if f.code == "loss-type-mismatch"]

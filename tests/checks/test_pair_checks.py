@@ -75,7 +75,7 @@ def test_no_learning_signal_repeated_rows(check_frame):
 
 
 def test_no_learning_signal_skip_names_ids(check_frame):
-    # Without example ids no example can be followed across steps; the skip says so.
+    # Without example ids no example can be followed across steps, and the skip reason names them.
     findings = check_frame(make_pairs().drop("example_id"))
     (skipped,) = [f for f in findings if f.code == "checks-skipped"]
     assert "example_id" in skipped.evidence["skipped"]["no-learning-signal"]

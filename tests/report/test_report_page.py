@@ -104,7 +104,7 @@ def test_report_has_sections_and_charts(tmp_path):
     assert set(CHART_OF_CHECK.values()) <= set(charts)
 
 
-def test_every_check_links_to_a_chart_or_to_none_on_purpose():
+def test_check_chart_links_complete():
     assert not set(CHART_OF_CHECK) & NO_CHART
     assert set(CHART_OF_CHECK) | NO_CHART == set(REGISTRY)
 
