@@ -370,16 +370,22 @@ def detect_dialect(keys: Iterable[str], meta: Mapping[str, Any] | None = None) -
         return DIALECTS["generic"]
     if {"entropy", "mean_token_accuracy", "num_tokens"} & bases:
         return DIALECTS["trl-v1"]
-    if _is_legacy_trl(ordered, bases, meta.get("transformers_version")):
+    if _is_legacy_trl(ordered, bases, meta.get("transformers_version"), meta.get("format")):
         return DIALECTS["trl-legacy"]
     return DIALECTS["trl"]
 
 
-def _is_legacy_trl(ordered: list[str], bases: set[str], transformers_version: Any) -> bool:
-    return legacy_trl_reason(ordered, bases, transformers_version) is not None
+# Step-log formats that never hold grad_norm: tables of evaluations.
+EVAL_TABLE_FORMATS = ("results-table",)
 
 
-def legacy_trl_reason(ordered: list[str], bases: set[str], transformers_version: Any) -> str | None:
+def _is_legacy_trl(ordered: list[str], bases: set[str], transformers_version: Any,
+                   fmt: str | None = None) -> bool:
+    return legacy_trl_reason(ordered, bases, transformers_version, fmt) is not None
+
+
+def legacy_trl_reason(ordered: list[str], bases: set[str], transformers_version: Any,
+                      fmt: str | None = None) -> str | None:
     """Return why a TRL DPOTrainer log reads as TRL 0.13 or earlier, or None when it does not.
 
     TRL 0.14 needs transformers >= 4.46; grad_norm appeared in transformers 4.38 (early 2024),
@@ -391,7 +397,7 @@ def legacy_trl_reason(ordered: list[str], bases: set[str], transformers_version:
             if (int(parts[0]), int(parts[1])) < (4, 46):
                 return f"its transformers version {transformers_version} is older than 4.46"
             return None
-    if "grad_norm" not in bases:
+    if "grad_norm" not in bases and fmt not in EVAL_TABLE_FORMATS:
         return "it logs no grad_norm, which transformers logs since 4.38"
     stripped = [split_key(key)[1] for key in ordered]
     if "logps/rejected" in stripped and "logps/chosen" in stripped \

@@ -24,6 +24,8 @@ FORMAT_TEXT = {
     "tensorboard": "TensorBoard event files (`events.out.tfevents.*`; needs the `tensorboard` extra)",
     "wandb-binary": "W&B binary run files (`run-<id>.wandb`: history rows and run config; needs "
                     "the `wandb` extra)",
+    "results-table": "Markdown tables of training results (a model card's `Training results`, a "
+                     "pasted notebook progress table): one row per evaluation",
     "notebook": "Jupyter notebooks (`.ipynb`): printed log dicts in the saved cell outputs, or "
                 "the HTML progress table of transformers' NotebookProgressCallback",
     "wandb-history-csv": "W&B history CSV exports (`train/loss`, `_step`, ...)",

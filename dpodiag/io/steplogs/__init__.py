@@ -17,7 +17,7 @@ import polars as pl
 from dpodiag.dialects import get_dialect
 from dpodiag.errors import DpodiagError, InputError, NoDataError
 from dpodiag.io.steplogs import (
-    console, csvlogs, jsonl, jsonlogs, linelogs, notebook, rejected, sidecars,
+    console, csvlogs, jsonl, jsonlogs, linelogs, notebook, rejected, results_table, sidecars,
     tensorboard, wandb_binary,
 )
 from dpodiag.io.source import logical_suffix, read_head
@@ -30,7 +30,7 @@ HEAD_BYTES = 1 << 20
 # Sniffers in order: binary and structured formats first, free text last.
 SNIFFERS: list[Callable[[Path, bytes], str | None]] = [
     rejected.sniff, wandb_binary.sniff, tensorboard.sniff, notebook.sniff, jsonlogs.sniff, jsonl.sniff,
-    csvlogs.sniff, linelogs.sniff, console.sniff,
+    csvlogs.sniff, linelogs.sniff, results_table.sniff, console.sniff,
 ]
 READERS: dict[str, Callable[..., RawLog]] = {
     **{fmt: jsonlogs.read for fmt in ("trainer-state", "log-history-array",
@@ -42,6 +42,7 @@ READERS: dict[str, Callable[..., RawLog]] = {
     "tensorboard": tensorboard.read,
     "wandb-binary": wandb_binary.read,
     "notebook": notebook.read,
+    "results-table": results_table.read,
     "wandb-history-csv": csvlogs.read, "metrics-csv": csvlogs.read,
     **{fmt: rejected.read for fmt in rejected.FORMATS},
 }
@@ -55,7 +56,7 @@ FALLBACK_BY_SUFFIX = {".log": "console", ".out": "console", ".txt": "console", "
 FOLDER_PREFERENCE = ("trainer-state", "log-history-wrapper", "log-history-array",
                      "llamafactory-jsonl", "tensorboard", "console", "wandb-binary",
                      "wandb-history-csv", "metrics-csv", "torchtune-txt", "mlx-lm-console",
-                     "nemo-rl-console", "jsonl", "notebook",
+                     "nemo-rl-console", "jsonl", "notebook", "results-table",
                      "wandb-summary", "hf-results", "tag-summary")
 
 

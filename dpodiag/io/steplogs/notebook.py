@@ -62,7 +62,7 @@ def read(path: Path, fmt: str = "notebook") -> RawLog:
         return RawLog(records=records, format="notebook", notes=notes)
     if tables:
         cell, header, rows = tables[-1]
-        records = _table_records(header, rows)
+        records = table_records(header, rows)
         notes = [f"progress table of cell {cell}: {len(rows)} rows; its Training Loss column is "
                  "the last training loss logged before each evaluation"]
         if len(tables) > 1:
@@ -128,7 +128,7 @@ def _printed_records(texts: list[tuple[int, str]]) -> tuple[list[dict[str, float
     return records, notes
 
 
-def _table_records(header: list[str], rows: list[list[str]]) -> list[dict[str, float]]:
+def table_records(header: list[str], rows: list[list[str]]) -> list[dict[str, float]]:
     """Turn the progress table into train records (step, loss) and eval records.
 
     A Training Loss equal to the one of the row before is the same logged record seen again,

@@ -111,7 +111,7 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
                      "log-probs in every record, so there is no reference")
     if dialect is None and chosen.name == "trl-legacy":
         bases = {split_key(key)[1] for key in keys} | set(keys)
-        reason = legacy_trl_reason(keys, bases, raw.hints.get("transformers_version"))
+        reason = legacy_trl_reason(keys, bases, raw.hints.get("transformers_version"), raw.format)
         notes.append(f"read as TRL 0.13 or earlier (trl-legacy) because {reason}; pass "
                      "--dialect trl if it comes from TRL 0.14 or later")
 
