@@ -178,9 +178,14 @@ def margin_saturation(data: RunData) -> list[Finding]:
                                  "saturated_share": saturated_share, "late_loss": late_loss})]
 
 
-def _loss_column(rows: pl.DataFrame) -> str:
+def _loss_column(data: RunData) -> str:
+    """Return the logged loss column, or the recomputed loss of a pair log that logs none;
+    skip a step log without a logged loss."""
+    rows = data.steps
     if "loss" in rows.columns and rows.get_column("loss").is_finite().any():
         return "loss"
+    if data.pairs is None:
+        raise Skip("the log has no finite loss")
     return "loss_recomputed"
 
 
@@ -190,7 +195,7 @@ def _loss_column(rows: pl.DataFrame) -> str:
        fix="Keep the checkpoint with the lowest eval loss, train fewer epochs or lower the "
            "learning rate.")
 def overfitting(data: RunData) -> list[Finding]:
-    column = _loss_column(data.steps)
+    column = _loss_column(data)
     evals = require_steps(data, "eval", [column], 3)
     train = require_steps(data, "train", [column], MIN_TREND_STEPS)
     losses = evals.get_column(column).to_numpy()

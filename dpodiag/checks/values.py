@@ -224,7 +224,8 @@ def degenerate_pairs(data: RunData) -> list[Finding]:
 
 
 @check("duplicate-steps", "warning", ("pairs", "steps"),
-       meaning="Repeated or non-monotonic steps, as a resumed run writes them.",
+       meaning="Repeated or non-monotonic steps, as a resumed run writes them, or an epoch that "
+               "goes back while the steps increase.",
        causes="A run resumed from a checkpoint that appends to the same log, or two runs "
               "written into one file.",
        fix="Keep the records of the last attempt for each step, or split the log per attempt.")
@@ -257,6 +258,7 @@ def duplicate_steps(data: RunData) -> list[Finding]:
         steps = rows.get_column("step")
         backwards = int((steps.diff() <= 0).sum())
         if backwards == 0:
+            findings += _epoch_restarts(data, split, rows)
             continue
         first = int(rows.filter(steps.diff() <= 0).get_column("step")[0])
         repeated = steps.len() - steps.n_unique()
@@ -274,6 +276,32 @@ def duplicate_steps(data: RunData) -> list[Finding]:
             split=split, step=first, evidence={"non_increasing": backwards, "first_step": first,
                                                "repeated_steps": repeated}))
     return findings
+
+
+# An epoch value this much below the record before it is a restart, not rounding.
+EPOCH_RESTART = 1e-3
+
+
+def _epoch_restarts(data: RunData, split: str, rows: pl.DataFrame) -> list[Finding]:
+    """Findings for an epoch that goes back while the steps increase. Steps counted from the
+    record order (a log without a step key) always increase, so the epoch is the one sign of a
+    second run appended to the same log."""
+    if "epoch" not in rows.columns:
+        return []
+    drops = rows.filter(pl.col("epoch").diff() < -EPOCH_RESTART)
+    if drops.height == 0:
+        return []
+    first = int(drops.get_column("step")[0])
+    index = rows.get_column("step").to_list().index(first)
+    before, after = rows.get_column("epoch")[index - 1], rows.get_column("epoch")[index]
+    return [data.finding(
+        "duplicate-steps", f"The {split} epoch goes back {drops.height} time(s)",
+        f"In record order the {split} epoch falls {drops.height} time(s), first at step {first} "
+        f"(from {before:g} to {after:g}), while the step numbers increase: two runs written into one "
+        "log, or a run restarted from its start. The records are read as one run; split the log "
+        "per run.", split=split, step=first,
+        evidence={"epoch_restarts": drops.height, "first_step": first, "epoch_before": before,
+                  "epoch_after": after})]
 
 
 def _drop_repeated_records(rows: pl.DataFrame) -> pl.DataFrame:

@@ -111,6 +111,21 @@ def test_evaluation_repeated_with_other_values_fires():
     assert "duplicate-steps" in codes(findings)
 
 
+def test_epoch_restart_read_as_second_run():
+    # An SFT run's records, then a DPO run's, in one console capture without step numbers.
+    rows = healthy_steps()
+    rows["epoch"] = np.concatenate([np.arange(1, 11) / 10, np.arange(1, 21) / 20])
+    duplicate, = [f for f in findings_of(rows) if f.code == "duplicate-steps"]
+    assert duplicate.title == "The train epoch goes back 1 time(s)"
+    assert (duplicate.evidence["epoch_before"], duplicate.evidence["epoch_after"]) == (1.0, 0.05)
+
+
+def test_rising_epochs_are_silent():
+    rows = healthy_steps()
+    rows["epoch"] = np.arange(1, 31) / 10
+    assert "duplicate-steps" not in codes(findings_of(rows))
+
+
 def test_reordered_steps_read_as_out_of_order():
     rows = healthy_steps()
     rows["step"] = np.concatenate([np.arange(1, 11), np.arange(21, 31), np.arange(11, 21)])
@@ -205,3 +220,9 @@ def test_nan_loss_beside_nan_grad_norm_fires():
     rows = grad_norms([18])
     rows["loss"] = np.where(rows["step"] == 18, np.nan, rows["loss"])
     assert "non-finite-values" in codes(findings_of(rows), "error")
+
+
+def test_overfitting_skip_without_loss():
+    rows = {name: values for name, values in healthy_steps().items() if name != "loss"}
+    (skipped,) = [f for f in findings_of(rows) if f.code == "checks-skipped"]
+    assert skipped.evidence["skipped"]["overfitting"] == "the log has no finite loss"
