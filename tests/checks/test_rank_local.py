@@ -76,3 +76,13 @@ def test_batch_of_one_titled_zero_or_one():
     (finding,) = [f for f in findings(rows, {}).findings if f.code == "rank-local-metrics"]
     assert finding.title == "Accuracies are only 0 or 1"
     assert "multiples of 1/1" not in finding.message
+
+
+def test_fires_with_a_few_values_off_the_grid():
+    # 2 of 40 records average several windows and fall between the quarters.
+    rng = np.random.default_rng(1)
+    accuracies = rng.integers(0, 5, 40) / 4
+    accuracies[[10, 30]] = [19 / 32, 21 / 32]
+    rows = healthy_steps(40, rewards_accuracies=accuracies)
+    (finding,) = [f for f in findings(rows, {}).findings if f.code == "rank-local-metrics"]
+    assert finding.message.startswith("38 of 40 train accuracies are multiples of 1/4")

@@ -112,8 +112,9 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
     if dialect is None and chosen.name == "trl-legacy":
         bases = {split_key(key)[1] for key in keys} | set(keys)
         reason = legacy_trl_reason(keys, bases, raw.hints.get("transformers_version"), raw.format)
-        notes.append(f"read as TRL 0.13 or earlier (trl-legacy) because {reason}; pass "
-                     "--dialect trl if it comes from TRL 0.14 or later")
+        notes.append(f"read as TRL 0.13 or earlier (trl-legacy) because {reason}. That version "
+                     "logs one device's metrics, so the bounds between logged metrics are not "
+                     "checked; pass --dialect trl if it comes from TRL 0.14 or later")
 
     # Classify every column, build one frame per split and stack them in file order.
     plan = _plan_columns(keys, chosen, column_map or {}, path)
