@@ -82,3 +82,21 @@ def test_printed_dicts_win_over_a_table(tmp_path):
     path = tmp_path / "train.md"
     path.write_text(model_card(healthy_rows()) + "\n".join(dicts) + "\n")
     assert sniff_step_log(path) == "console"
+
+
+def test_empty_results_table(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(model_card([]))
+    with pytest.raises(NoDataError, match=r"README\.md: line 12: the results table has no rows; pass "
+                                          r"the trainer's log"):
+        read_step_log(path)
+
+
+def test_model_card_without_table(tmp_path):
+    # transformers writes the heading without a table when the run logged no evaluation.
+    text = model_card([]).replace(HEADER + "\n" + DIVIDER + "\n", "")
+    path = tmp_path / "README.md"
+    path.write_text(text)
+    with pytest.raises(NoDataError, match=r"README\.md: the Training results section has no table, "
+                                          r"because the run logged no evaluation"):
+        dpodiag.load(path)

@@ -21,6 +21,8 @@ from dpodiag.io.steplogs.table import RawLog
 
 # A table row has two or more "|"; the leading and trailing "|" are optional in Markdown.
 MIN_BARS = 2
+# The heading under which transformers writes the table into a model card.
+HEADING = re.compile(r"^#+\s*Training results\s*$", re.MULTILINE)
 # A cell of the line under the header: dashes, with colons for alignment.
 DIVIDER_CELL = re.compile(r"^:?-+:?$")
 
@@ -42,7 +44,7 @@ def results_tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
         while index < len(lines) and (row := _cells(lines[index])):
             rows.append(row)
             index += 1
-        if any(marker in header for marker in TABLE_MARKERS) and rows:
+        if any(marker in header for marker in TABLE_MARKERS):
             tables.append((start, header, rows))
     return tables
 
@@ -72,18 +74,26 @@ def sniff(path: Path, head: bytes) -> str | None:
     """Return "results-table" for text with a results table and no printed metrics dict,
     which the console reader reads instead."""
     text = head.decode("utf-8", errors="replace")
-    if "Loss" not in text or console.sniff(path, head):
+    if ("Training results" not in text and "Loss" not in text) or console.sniff(path, head):
         return None
-    return "results-table" if results_tables(text) else None
+    return "results-table" if results_tables(text) or HEADING.search(text) else None
 
 
 def read(path: Path, fmt: str = "results-table") -> RawLog:
     """Read the first results table of a Markdown file; later tables are named in a note."""
-    tables = results_tables(read_text(path))
+    text = read_text(path)
+    tables = results_tables(text)
+    if not tables and HEADING.search(text):
+        raise NoDataError(path, "the Training results section has no table, because the run "
+                          "logged no evaluation", "pass the trainer's log (trainer_state.json or the "
+                          "console output)")
     if not tables:
         raise NoDataError(path, "no Markdown table with a 'Training Loss' or 'Validation Loss' "
                           "column", "pass the trainer's log, or the model card's Training results table")
     line, header, rows = tables[0]
+    if not rows:
+        raise NoDataError(path, f"line {line}: the results table has no rows",
+                          "pass the trainer's log (trainer_state.json or the console output)")
     labels = {row[0] for row in rows if row and not _is_number(row[0]) and row[0] != "No log"}
     if len(labels) > 1:
         examples = ", ".join(sorted(labels)[:4])
