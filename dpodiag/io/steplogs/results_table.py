@@ -71,8 +71,8 @@ def _is_number(cell: str) -> bool:
 
 
 def sniff(path: Path, head: bytes) -> str | None:
-    """Return "results-table" for text with a results table and no printed metrics dict,
-    which the console reader reads instead."""
+    """Return "results-table" for text with a results table or a model card's Training results
+    heading. Text with a printed metrics dict is left to the console reader."""
     text = head.decode("utf-8", errors="replace")
     if ("Training results" not in text and "Loss" not in text) or console.sniff(path, head):
         return None
