@@ -16,11 +16,16 @@ from dpodiag.checks.base import Finding, RunData, Skip, require_reference_loss
 from dpodiag.compute.losses import LOSSES, PairBatch
 
 
+# Frameworks whose step logs come from HF Trainer, whose step is the optimizer step.
+HF_TRAINER_FRAMEWORKS = ("trl", "llamafactory")
+
+
 def records_before_update(data: RunData) -> list[pl.DataFrame]:
     """Return the records whose pairs were scored with the policy equal to the reference.
 
     These are an evaluation at step 0, and the first train record when it is logged at step 0
-    or 1 and covers that one step only. The loss logged at step 1 comes from the forward pass
+    or 1 and covers that one step only: the next record is at step 2, or HF Trainer wrote the
+    log, or the dialect logs single steps. The loss logged at step 1 comes from the forward pass
     before the first update. Without such a train record, the first train record whose rewards
     are exactly 0 on both sides counts, wherever it falls (a learning rate still 0 in warm-up,
     a log without a step key). Counted steps place no record before an update, so only that
@@ -36,8 +41,12 @@ def records_before_update(data: RunData) -> list[pl.DataFrame]:
         windowed = (config.get("logging_steps") or 1) > 1 and not config.get("logging_first_step")
         if train.height >= 2 and "loss" in train.columns and not windowed:
             first, second = int(train["step"][0]), int(train["step"][1])
-            single = data.dialect is not None and data.dialect.reduction in ("single-step", "last-micro-batch")
-            if first <= 1 and (second == first + 1 or single):
+            dialect = data.dialect
+            single = dialect is not None and dialect.reduction in ("single-step", "last-micro-batch")
+            # HF Trainer logs at step 1 only for a window of that one step: logging_steps 1, or
+            # logging_first_step (records at steps 1, k, 2k, ...).
+            hf_trainer = dialect is not None and dialect.framework in HF_TRAINER_FRAMEWORKS
+            if first <= 1 and (second == first + 1 or single or hf_trainer):
                 records.append(train.head(1))
     if not any(record["split"][0] == "train" for record in records):
         zero = _zero_reward_record(train)

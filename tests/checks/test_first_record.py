@@ -100,3 +100,20 @@ def test_small_margin_with_ipo_loss_is_ipo():
                                             (34.6, False), (1.0, False), (2.5, False)])
 def test_scale_factor_like(ratio, expected):
     assert scale_factor_like(ratio) is expected
+
+
+def first_step_then_every_fifth(loss: float, dialect: str) -> list:
+    """logging_first_step with logging_steps 5: records at steps 1, 5, 10, ..., the first with
+    `loss` and rewards that are not 0 (the reference is another model)."""
+    rows = first_record(loss, chosen=-0.3, rejected=-1.2, first_step=1)
+    rows["step"] = np.concatenate([[1], 5 * np.arange(1, 30)])
+    return findings_of(rows, dialect=dialect, beta=0.1, loss_type="sigmoid")
+
+
+def test_first_of_sparse_trl_records_is_before_update():
+    assert "reference-not-initial-policy" in codes(first_step_then_every_fifth(0.2474, "trl"), "error")
+
+
+def test_first_of_sparse_generic_records_is_not_judged():
+    # Outside HF Trainer, a record at step 1 followed by step 5 may average several steps.
+    assert "reference-not-initial-policy" not in codes(first_step_then_every_fifth(0.2474, "generic"))
