@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from dpodiag.compute.losses import LOSSES, LossSpec
+from dpodiag.phrases import counted
 from dpodiag.schema import Run
 
 SEVERITIES = ("error", "warning", "info")
@@ -260,7 +261,7 @@ def require_steps(data: RunData, split: str, columns: list[str], minimum: int) -
     for column in columns:
         rows = rows.filter(pl.col(column).is_finite())
     if rows.height < minimum:
-        raise Skip(f"needs at least {minimum} {split} records with {', '.join(columns)}")
+        raise Skip(f"needs at least {counted(minimum, split + ' record')} with {', '.join(columns)}")
     return rows
 
 

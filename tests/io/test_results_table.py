@@ -100,3 +100,10 @@ def test_model_card_without_table(tmp_path):
     with pytest.raises(NoDataError, match=r"README\.md: the Training results section has no table, "
                                           r"because the run logged no evaluation"):
         dpodiag.load(path)
+
+
+def test_model_card_named_after_its_folder(tmp_path):
+    folder = tmp_path / "zephyr-dpo"
+    folder.mkdir()
+    (folder / "README.md").write_text(model_card(healthy_rows()))
+    assert read_step_log(folder / "README.md").name == "zephyr-dpo"

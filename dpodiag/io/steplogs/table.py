@@ -36,7 +36,7 @@ PAIR_ONLY_KEYS = frozenset([*_PAIR_SPECIFIC, "prompt", "chosen", "rejected"]
 # File names that do not identify a run; the folder name is used instead.
 GENERIC_STEMS = {"trainer_state", "trainer_log", "log_history", "output", "all_results",
                  "eval_results", "train_results", "wandb-summary", "config", "events", "metrics",
-                 "history", "log", "logs", "stdout", "train", "summary"}
+                 "history", "log", "logs", "stdout", "train", "summary", "README", "readme"}
 
 
 @dataclass
