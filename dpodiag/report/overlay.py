@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from dpodiag.report.traces import (axis_names, hline, layout, layout_key, line, 
 PROGRESS_RATIO = 3.0
 # A positive panel whose runs' medians differ by more than this factor is drawn on a log axis.
 SCALE_SPREAD = 10.0
+# A log axis spans at most this ratio of largest to smallest value: values near 0 (margins at
+# the first step) would stretch it over tens of decades and squash the runs at its top.
+MAX_LOG_RANGE = 1e6
 # Short enough for a three-panel row; the page explains it above the charts.
 PROGRESS_TITLE = "progress (step / last step)"
 
@@ -137,9 +141,11 @@ def overlay(chart: Chart, runs: list[RunData], panels: list[Panel], *, missing: 
 
 def log_scale_needed(traces: list[dict[str, Any]], panel_index: int) -> bool:
     """Tell whether a panel's runs are all positive and their medians span more than SCALE_SPREAD
-    times, so that on a linear axis the smaller runs would lie flat along 0."""
+    times, so that on a linear axis the smaller runs would lie flat along 0, while all values
+    span at most MAX_LOG_RANGE."""
     _, yaxis = axis_names(panel_index)
     medians: dict[str, float] = {}
+    lowest, highest = math.inf, 0.0
     for trace in traces:
         if trace.get("yaxis") != yaxis or trace.get("showlegend"):
             continue  # another panel, or a legend-only entry
@@ -151,7 +157,9 @@ def log_scale_needed(traces: list[dict[str, Any]], panel_index: int) -> bool:
             return False
         run = trace["legendgroup"]
         medians[run] = max(medians.get(run, 0.0), float(np.median(values)))
-    return len(medians) > 1 and max(medians.values()) > SCALE_SPREAD * min(medians.values())
+        lowest, highest = min(lowest, float(values.min())), max(highest, float(values.max()))
+    return (len(medians) > 1 and max(medians.values()) > SCALE_SPREAD * min(medians.values())
+            and highest <= MAX_LOG_RANGE * lowest)
 
 
 def add_empty_note(figure_layout: dict[str, Any], panel_index: int, panel: Panel) -> None:

@@ -24,6 +24,7 @@ from dpodiag.checks import REGISTRY
 from dpodiag.pipeline import analyse
 from dpodiag.report import write_report
 from dpodiag.report.embed import round_significant, script_json
+from dpodiag.report.overlay import log_scale_needed
 from dpodiag.report.page import render_html
 from dpodiag.report.tables import CHART_OF_CHECK, NO_CHART
 from dpodiag.report.traces import downsample, envelope
@@ -135,6 +136,21 @@ def test_loss_axis_linear_when_scales_match(tmp_path):
     loss = figure_blocks(html)["chart-loss"]
     assert "type" not in loss["layout"]["yaxis"]
     assert "logarithmic" not in html
+
+
+def trace(run: str, values: list[float]) -> dict:
+    return {"yaxis": "y", "legendgroup": run, "y": values}
+
+
+def test_log_axis_for_runs_of_other_scales():
+    assert log_scale_needed([trace("a", [0.5, 0.4]), trace("b", [20.0, 15.0])], 0)
+    # A negative value has no place on a log axis.
+    assert not log_scale_needed([trace("a", [0.5, -0.1]), trace("b", [20.0, 15.0])], 0)
+
+
+def test_no_log_axis_for_values_near_zero():
+    # A margin of 1e-9 at the first step would stretch a log axis over ten decades.
+    assert not log_scale_needed([trace("a", [1e-9, 0.4]), trace("b", [20.0, 15.0])], 0)
 
 
 def test_missing_lengths_replace_chart(tmp_path):
