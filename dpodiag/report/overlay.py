@@ -126,11 +126,13 @@ def overlay(chart: Chart, runs: list[RunData], panels: list[Panel], *, missing: 
     figure_layout = layout([p.title for p in panels], y_titles=[p.y_title for p in panels],
                            x_title=x_title, shared_y=shared_y)
     for panel_index, panel in enumerate(panels):
+        logarithmic = panel_index in drawn_panels and log_scale_needed(traces, panel_index)
         for value, text in panel.guides:
-            add_guide(figure_layout, value, panel_index, text)
+            if value > 0 or not logarithmic:  # a log axis has no place for 0 or below
+                add_guide(figure_layout, value, panel_index, text)
         if panel_index not in drawn_panels:
             add_empty_note(figure_layout, panel_index, panel)
-        elif log_scale_needed(traces, panel_index):
+        elif logarithmic:
             _, yaxis = axis_names(panel_index)
             figure_layout[layout_key(yaxis)]["type"] = "log"
             chart.notes.append(f"The y-axis of the {panel.title} panel is logarithmic, because the "

@@ -17,6 +17,7 @@ import pytest
 
 from report_inputs import (HOSTILE_COLUMN, IMG_ONERROR, SCRIPT_BREAKOUT, diagnose_data, hostile_diagnosis,
                       step_log_run)
+from cases import healthy_steps, step_run
 from synthetic import SAMPLE_LOGS, make_pairs, write_parquet
 
 import dpodiag
@@ -151,6 +152,16 @@ def test_log_axis_for_runs_of_other_scales():
 def test_no_log_axis_for_values_near_zero():
     # A margin of 1e-9 at the first step would stretch a log axis over ten decades.
     assert not log_scale_needed([trace("a", [1e-9, 0.4]), trace("b", [20.0, 15.0])], 0)
+
+
+def test_log_margin_panel_drops_zero_guide():
+    # Two step logs whose margins differ 50 times: the margin panel is logarithmic, without a line at 0.
+    small, large = healthy_steps(), healthy_steps()
+    large["rewards_margins"] = np.asarray(large["rewards_margins"]) * 50
+    runs = [step_run(small, name="small"), step_run(large, name="large")]
+    rewards = figure_blocks(render_html(dpodiag.diagnose(runs, device="cpu")))["chart-rewards"]
+    assert rewards["layout"]["yaxis3"]["type"] == "log"
+    assert not [shape for shape in rewards["layout"]["shapes"] if shape["yref"] == "y3" and shape["y0"] <= 0]
 
 
 def test_missing_lengths_replace_chart(tmp_path):
