@@ -62,12 +62,15 @@ def check_column_map_used(paths: list[str | Path], runs: list[Run], column_map: 
     for canonical, theirs in (column_map or {}).items():
         if any(run.column_mapping.get(canonical) == theirs for run in runs):
             continue
-        if len(paths) == 1:
+        if len(paths) == 1 and Path(paths[0]).is_file():
             path = Path(paths[0])
-            fmt = pair_format(path) if path.is_file() else None
+            fmt = pair_format(path)
             names = read_columns(path, fmt)[0] if fmt else []
             fix = f"the file has: {', '.join(names[:30])}" if names else "check the column name"
             raise InputError(path, f"column {theirs!r} given for {canonical} is not in the file", fix)
+        if len(paths) == 1:
+            raise InputError(paths[0], f"column {theirs!r} given for {canonical} is in none of the "
+                             "folder's logs", "check the column name")
         raise UsageError(f"--column {canonical}={theirs}: none of the {len(paths)} inputs has a "
                          f"column {theirs!r}; check the name")
 

@@ -68,6 +68,12 @@ def test_column_override_typo_is_an_error(tmp_path, frame):
         dpodiag.load([path, path], column_map={"loss": "pair_loss"})
 
 
+def test_column_override_typo_in_folder(tmp_path, frame):
+    frame.write_csv(tmp_path / "plain.csv")
+    with pytest.raises(InputError, match=r"column 'pair_loss' given for loss is in none of the folder's logs"):
+        dpodiag.load(tmp_path, column_map={"loss": "pair_loss"})
+
+
 def test_column_override_skips_step_metrics(tmp_path, frame):
     # A step-log metric mapped for the step logs of the same command does not apply here.
     path = tmp_path / "plain.csv"
