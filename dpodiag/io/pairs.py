@@ -10,11 +10,11 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from dpodiag.dialects import EXTRA_METRICS
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, own_columns, read_parquet_meta, run_entry
 from dpodiag.io.source import check_content, csv_separator, logical_suffix, ragged_csv_error, table_error, table_source
-from dpodiag.dialects import EXTRA_METRICS
 from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, STEP_METRICS, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
