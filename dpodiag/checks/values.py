@@ -256,7 +256,9 @@ def duplicate_steps(data: RunData) -> list[Finding]:
     for split in data.run.splits:
         rows = _drop_repeated_records(data.steps.filter(pl.col("split") == split).sort("record"))
         steps = rows.get_column("step")
-        backwards = int((steps.diff() <= 0).sum())
+        # Counted steps are dpodiag's numbering (an eval record takes the step of the train
+        # record before it), so only the epoch can show a repeat in them.
+        backwards = 0 if data.run.step_source == "counted" else int((steps.diff() <= 0).sum())
         if backwards == 0:
             findings += _epoch_restarts(data, split, rows)
             continue

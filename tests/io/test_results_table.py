@@ -107,3 +107,33 @@ def test_model_card_named_after_its_folder(tmp_path):
     folder.mkdir()
     (folder / "README.md").write_text(model_card(healthy_rows()))
     assert read_step_log(folder / "README.md").name == "zephyr-dpo"
+
+
+def epoch_table(header: str, rows: list[str]) -> str:
+    return "\n".join([header, "|---|---|---|---|", *rows]) + "\n"
+
+
+def test_epoch_table_with_repeated_train_loss_is_silent(tmp_path):
+    # Epochs 2 and 3 show the same last logged training loss: one train record, three evaluations.
+    path = tmp_path / "README.md"
+    path.write_text(epoch_table("| Training Loss | Epoch | Validation Loss | Rewards/margins |",
+                                ["| No log | 1.0 | 0.62 | 0.4 |", "| 0.3984 | 2.0 | 0.52 | 0.9 |",
+                                 "| 0.3984 | 3.0 | 0.53 | 1.1 |"]))
+    diagnosis = dpodiag.diagnose(dpodiag.load(path), device="cpu")
+    assert "duplicate-steps" not in codes(diagnosis.findings)
+
+
+def test_lowercase_headers_are_read(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(epoch_table("| Training loss | Epoch | Validation loss | Rewards/margins |",
+                                ["| 0.61 | 1.0 | 0.62 | 0.4 |", "| 0.39 | 2.0 | 0.52 | 0.9 |"]))
+    run = read_step_log(path)
+    assert run.table.filter(run.table["split"] == "train").get_column("loss").to_list() == [0.61, 0.39]
+
+
+def test_decimal_commas_are_named(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(epoch_table("| Training Loss | Epoch | Validation Loss | Rewards/margins |",
+                                ["| 0,61 | 1,0 | 0,62 | 0,4 |", "| 0,39 | 2,0 | 0,52 | 0,9 |"]))
+    with pytest.raises(NoDataError, match=r"line 1: the results table writes its numbers with decimal commas"):
+        read_step_log(path)

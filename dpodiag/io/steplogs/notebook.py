@@ -155,10 +155,9 @@ def _key(name: str) -> str:
     # "Step" -> step, "Training Loss" -> loss, "Validation Loss" -> eval_loss,
     # "Rewards/chosen" or "Rewards / Chosen" -> eval_rewards/chosen, "Nll Loss" -> eval_nll_loss.
     name = " ".join(name.split())
-    fixed = {"Step": "step", "Epoch": "epoch", "Training Loss": "loss",
-             "Validation Loss": "eval_loss"}
-    if name in fixed:
-        return fixed[name]
+    fixed = {"step": "step", "epoch": "epoch", "training loss": "loss", "validation loss": "eval_loss"}
+    if name.lower() in fixed:
+        return fixed[name.lower()]
     return "eval_" + name.replace(" / ", "/").replace(" ", "_").lower()
 
 

@@ -23,6 +23,8 @@ from dpodiag.io.steplogs.table import RawLog
 MIN_BARS = 2
 # The heading under which transformers writes the table into a model card.
 HEADING = re.compile(r"^#+\s*Training results\s*$", re.MULTILINE)
+# A number written with a decimal comma, as some locales print it: "1,858179".
+DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
 # A cell of the line under the header: dashes, with colons for alignment.
 DIVIDER_CELL = re.compile(r"^:?-+:?$")
 
@@ -44,7 +46,7 @@ def results_tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
         while index < len(lines) and (row := _cells(lines[index])):
             rows.append(row)
             index += 1
-        if any(marker in header for marker in TABLE_MARKERS):
+        if {marker.lower() for marker in TABLE_MARKERS} & {cell.lower() for cell in header}:
             tables.append((start, header, rows))
     return tables
 
@@ -74,7 +76,7 @@ def sniff(path: Path, head: bytes) -> str | None:
     """Return "results-table" for text with a results table or a model card's Training results
     heading. Text with a printed metrics dict is left to the console reader."""
     text = head.decode("utf-8", errors="replace")
-    if ("Training results" not in text and "Loss" not in text) or console.sniff(path, head):
+    if ("Training results" not in text and "loss" not in text.lower()) or console.sniff(path, head):
         return None
     return "results-table" if results_tables(text) or HEADING.search(text) else None
 
@@ -94,13 +96,17 @@ def read(path: Path, fmt: str = "results-table") -> RawLog:
     if not rows:
         raise NoDataError(path, f"line {line}: the results table has no rows",
                           "pass the trainer's log (trainer_state.json or the console output)")
-    labels = {row[0] for row in rows if row and not _is_number(row[0]) and row[0] != "No log"}
+    labels = {row[0] for row in rows if row and not _is_number(row[0])
+              and not DECIMAL_COMMA.match(row[0]) and row[0].lower() != "no log"}
     if len(labels) > 1:
         examples = ", ".join(sorted(labels)[:4])
         raise NoDataError(path, f"line {line}: the results table compares runs (its {header[0]!r} "
                           f"column holds {examples})", "save each run's rows in a table of its own")
     records = table_records(header, rows)
     if not records:
+        if any(DECIMAL_COMMA.match(cell) for row in rows for cell in row):
+            raise NoDataError(path, f"line {line}: the results table writes its numbers with decimal "
+                              "commas", "write them with decimal points (0.6931, not 0,6931)")
         raise NoDataError(path, f"line {line}: the results table has no number in its rows",
                           "pass a table with logged values")
     notes = [f"results table at line {line}: {len(rows)} rows; its Training Loss column is the "
