@@ -92,7 +92,28 @@ def read(path: Path, fmt: str = "results-table") -> RawLog:
     if not tables:
         raise NoDataError(path, "no Markdown table with a 'Training Loss' or 'Validation Loss' "
                           "column", "pass the trainer's log, or the model card's Training results table")
+
     line, header, rows = tables[0]
+    _check_one_run(path, line, header, rows)
+    records = table_records(header, rows)
+    if not records:
+        if any(DECIMAL_COMMA.match(cell) for row in rows for cell in row):
+            raise NoDataError(path, f"line {line}: the results table writes its numbers with decimal "
+                              "commas", "write them with decimal points (0.6931, not 0,6931)")
+        raise NoDataError(path, f"line {line}: the results table has no number in its rows",
+                          "pass a table with logged values")
+
+    notes = [f"results table at line {line}: {len(rows)} rows; its Training Loss column is the "
+             "last training loss logged before each evaluation"]
+    if len(tables) > 1:
+        notes.append(f"{len(tables) - 1} more results tables (lines "
+                     f"{', '.join(str(table[0]) for table in tables[1:])}) were not read; "
+                     "save each run's table in a file of its own")
+    return RawLog(records=records, format=fmt, notes=notes)
+
+
+def _check_one_run(path: Path, line: int, header: list[str], rows: list[list[str]]) -> None:
+    """Raise for a table without rows, or one whose first column labels rows of several runs."""
     if not rows:
         raise NoDataError(path, f"line {line}: the results table has no rows",
                           "pass the trainer's log (trainer_state.json or the console output)")
@@ -102,17 +123,3 @@ def read(path: Path, fmt: str = "results-table") -> RawLog:
         examples = ", ".join(sorted(labels)[:4])
         raise NoDataError(path, f"line {line}: the results table compares runs (its {header[0]!r} "
                           f"column holds {examples})", "save each run's rows in a table of its own")
-    records = table_records(header, rows)
-    if not records:
-        if any(DECIMAL_COMMA.match(cell) for row in rows for cell in row):
-            raise NoDataError(path, f"line {line}: the results table writes its numbers with decimal "
-                              "commas", "write them with decimal points (0.6931, not 0,6931)")
-        raise NoDataError(path, f"line {line}: the results table has no number in its rows",
-                          "pass a table with logged values")
-    notes = [f"results table at line {line}: {len(rows)} rows; its Training Loss column is the "
-             "last training loss logged before each evaluation"]
-    if len(tables) > 1:
-        notes.append(f"{len(tables) - 1} more results tables (lines "
-                     f"{', '.join(str(table[0]) for table in tables[1:])}) were not read; "
-                     "save each run's table in a file of its own")
-    return RawLog(records=records, format=fmt, notes=notes)
