@@ -79,6 +79,8 @@ EXTRA_METRICS: dict[str, str] = {
     "examples_seen": "examples processed so far (the x-axis of the eric-mitchell DPO repo)",
     "delta": "BCO running mean of rewards",
 }
+# Every canonical step-log metric name, which --column may map.
+STEP_LOG_METRICS = frozenset({*STEP_METRICS, *EXTRA_METRICS})
 CANONICAL_METRICS = [*STEP_METRICS, *EXTRA_METRICS]
 
 # Keys of the HF Trainer's end-of-training summary record; they are not per-step metrics.
@@ -370,7 +372,7 @@ def detect_dialect(keys: Iterable[str], meta: Mapping[str, Any] | None = None) -
         return DIALECTS["generic"]
     if {"entropy", "mean_token_accuracy", "num_tokens"} & bases:
         return DIALECTS["trl-v1"]
-    if _is_legacy_trl(ordered, bases, meta.get("transformers_version"), meta.get("format")):
+    if legacy_trl_reason(ordered, meta.get("transformers_version"), meta.get("format")) is not None:
         return DIALECTS["trl-legacy"]
     return DIALECTS["trl"]
 
@@ -379,27 +381,22 @@ def detect_dialect(keys: Iterable[str], meta: Mapping[str, Any] | None = None) -
 EVAL_TABLE_FORMATS = ("results-table",)
 
 
-def _is_legacy_trl(ordered: list[str], bases: set[str], transformers_version: Any,
-                   fmt: str | None = None) -> bool:
-    return legacy_trl_reason(ordered, bases, transformers_version, fmt) is not None
+def legacy_trl_reason(ordered: list[str], transformers_version: Any, fmt: str | None = None) -> str | None:
+    """Return why a TRL DPOTrainer log with keys `ordered` (in first-seen order) reads as TRL
+    0.13 or earlier, or None when it does not.
 
-
-def legacy_trl_reason(ordered: list[str], bases: set[str], transformers_version: Any,
-                      fmt: str | None = None) -> str | None:
-    """Return why a TRL DPOTrainer log reads as TRL 0.13 or earlier, or None when it does not.
-
-    TRL 0.14 needs transformers >= 4.46; grad_norm appeared in transformers 4.38 (early 2024),
+    TRL 0.14 needs transformers >= 4.46. grad_norm appeared in transformers 4.38 (early 2024),
     and the 2023 DPOTrainer logged rejected before chosen.
     """
+    stripped = [split_key(key)[1] for key in ordered]
     if transformers_version:
         parts = re.findall(r"\d+", str(transformers_version))[:2]
         if len(parts) == 2:
             if (int(parts[0]), int(parts[1])) < (4, 46):
                 return f"its transformers version {transformers_version} is older than 4.46"
             return None
-    if "grad_norm" not in bases and fmt not in EVAL_TABLE_FORMATS:
+    if "grad_norm" not in stripped and fmt not in EVAL_TABLE_FORMATS:
         return "it logs no grad_norm, which transformers logs since 4.38"
-    stripped = [split_key(key)[1] for key in ordered]
     if "logps/rejected" in stripped and "logps/chosen" in stripped \
             and stripped.index("logps/rejected") < stripped.index("logps/chosen"):
         return "it logs logps/rejected before logps/chosen, as the 2023 DPOTrainer did"

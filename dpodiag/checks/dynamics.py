@@ -48,8 +48,8 @@ def no_learning_signal(data: RunData) -> list[Finding]:
         if moved is None:
             if "policy_chosen_logps" not in data.pair_columns:
                 raise Skip("needs policy log-probs")
-            raise Skip("needs an example scored at two or more steps, told apart by its "
-                       "example_id, or an eval set scored again")
+            raise Skip("needs example_id values to follow an example scored at two or more "
+                       "steps, or an eval set scored again")
         if moved > 0:
             return []
         return [data.finding("no-learning-signal", "The policy log-probs never change",

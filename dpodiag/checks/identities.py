@@ -157,7 +157,7 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-# Share of accuracies on a 1/k grid that reveals it; a few records that average several
+# Share of accuracies on a 1/k grid that reveals the grid. A few records that average several
 # logging windows (an epoch end, a resumed step) fall between its points.
 GRID_SHARE = 0.95
 

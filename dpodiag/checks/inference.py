@@ -13,12 +13,12 @@ def _inferred(data: RunData, field: str, code: str, label: str) -> list[Finding]
     value = getattr(data.run.meta, field)
     value = round(value, 4) if isinstance(value, float) else value
     evidence = {"value": value, "source": source, **data.run.meta.inference.get(field, {})}
-    how = f" ({evidence['method']})" if evidence.get("method") else ""
+    method = f" ({evidence['method']})" if evidence.get("method") else ""
     if source == "default":
-        message = (f"No source declares the {label}; dpodiag assumes {value}{how}. Pass "
+        message = (f"No source declares the {label}; dpodiag assumes {value}{method}. Pass "
                    f"--{field.replace('_', '-')} or write it into the log's metadata.")
     else:
-        message = f"No source declares the {label}; the log identifies it as {value}{how}."
+        message = f"No source declares the {label}; the log identifies it as {value}{method}."
     return [data.finding(code, f"{label.capitalize()} {value} was {source == 'default' and 'assumed' or 'inferred'}",
                          message, evidence=evidence)]
 

@@ -290,12 +290,11 @@ def _epoch_restarts(data: RunData, split: str, rows: pl.DataFrame) -> list[Findi
     second run appended to the same log."""
     if "epoch" not in rows.columns:
         return []
-    drops = rows.filter(pl.col("epoch").diff() < -EPOCH_RESTART)
+    drops = (rows.with_columns(pl.col("epoch").shift(1).alias("epoch_before"))
+             .filter(pl.col("epoch") < pl.col("epoch_before") - EPOCH_RESTART))
     if drops.height == 0:
         return []
-    first = int(drops.get_column("step")[0])
-    index = rows.get_column("step").to_list().index(first)
-    before, after = rows.get_column("epoch")[index - 1], rows.get_column("epoch")[index]
+    first, before, after = drops.select("step", "epoch_before", "epoch").row(0)
     return [data.finding(
         "duplicate-steps", f"The {split} epoch goes back {drops.height} time(s)",
         f"In record order the {split} epoch falls {drops.height} time(s), first at step {first} "

@@ -10,12 +10,12 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from dpodiag.dialects import EXTRA_METRICS
+from dpodiag.dialects import STEP_LOG_METRICS
 from dpodiag.errors import InputError, NoDataError
 from dpodiag.io import budget
 from dpodiag.io.metadata import apply_metadata, own_columns, read_parquet_meta, run_entry
 from dpodiag.io.source import check_content, csv_separator, logical_suffix, ragged_csv_error, table_error, table_source
-from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, STEP_METRICS, Run, RunMeta
+from dpodiag.schema import PAIR_ALIASES, PAIR_COLUMNS, SOURCE_ROW, Run, RunMeta
 
 PAIR_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv",
                  ".jsonl": "jsonl", ".ndjson": "jsonl", ".arrow": "arrow", ".feather": "arrow"}
@@ -48,10 +48,6 @@ def read_columns(path: Path, fmt: str, source: Path | io.BytesIO | None = None) 
         raise table_error(path, fmt, exc) from None
 
 
-# Canonical names of step-log metrics, which --column may name for the step logs of a command.
-STEP_LOG_COLUMNS = {*STEP_METRICS, *EXTRA_METRICS}
-
-
 def map_columns(path: Path, names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
     """Map canonical column names to the input's names: overrides, then exact names and aliases.
 
@@ -62,7 +58,7 @@ def map_columns(path: Path, names: list[str], overrides: dict[str, str] | None) 
     by_lower = {name.lower(): name for name in names}
     mapping: dict[str, str] = {}
     for canonical, their in (overrides or {}).items():
-        if canonical in STEP_LOG_COLUMNS and canonical not in PAIR_COLUMNS:
+        if canonical in STEP_LOG_METRICS and canonical not in PAIR_COLUMNS:
             continue  # a step-log metric, for the step logs given in the same command
         if canonical not in PAIR_COLUMNS:
             raise InputError(path, f"--column names unknown canonical column {canonical!r}",

@@ -138,7 +138,7 @@ def table_records(header: list[str], rows: list[list[str]]) -> list[dict[str, fl
     records: list[dict[str, float]] = []
     previous_loss: float | None = None
     for row in rows:
-        values = {key: _number(cell) for key, cell in zip(keys, row)}
+        values = {key: cell_number(cell) for key, cell in zip(keys, row)}
         position = {k: v for k, v in values.items() if k in ("step", "epoch") and v is not None}
         train_loss = values.pop("loss", None)
         if train_loss is not None and train_loss != previous_loss:
@@ -161,11 +161,12 @@ def _key(name: str) -> str:
     return "eval_" + name.replace(" / ", "/").replace(" ", "_").lower()
 
 
-def _number(cell: str) -> float | None:
+def cell_number(cell: str) -> float | None:
+    """Return the number in a table cell, or None for text such as "No log"."""
     try:
         return float(cell)
     except ValueError:
-        return None  # "No log"
+        return None
 
 
 class _TableParser(HTMLParser):

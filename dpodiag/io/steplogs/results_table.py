@@ -16,7 +16,7 @@ from pathlib import Path
 from dpodiag.errors import NoDataError
 from dpodiag.io.source import read_text
 from dpodiag.io.steplogs import console
-from dpodiag.io.steplogs.notebook import TABLE_MARKERS, table_records
+from dpodiag.io.steplogs.notebook import TABLE_MARKERS, cell_number, table_records
 from dpodiag.io.steplogs.table import RawLog
 
 # A table row has two or more "|"; the leading and trailing "|" are optional in Markdown.
@@ -64,14 +64,6 @@ def _cells(line: str) -> list[str] | None:
     return [" ".join(cell.strip().strip("*_`").split()) for cell in cells]
 
 
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
 def sniff(path: Path, head: bytes) -> str | None:
     """Return "results-table" for text with a results table or a model card's Training results
     heading. Text with a printed metrics dict is left to the console reader."""
@@ -117,7 +109,7 @@ def _check_one_run(path: Path, line: int, header: list[str], rows: list[list[str
     if not rows:
         raise NoDataError(path, f"line {line}: the results table has no rows",
                           "pass the trainer's log (trainer_state.json or the console output)")
-    labels = {row[0] for row in rows if row and not _is_number(row[0])
+    labels = {row[0] for row in rows if row and cell_number(row[0]) is None
               and not DECIMAL_COMMA.match(row[0]) and row[0].lower() != "no log"}
     if len(labels) > 1:
         examples = ", ".join(sorted(labels)[:4])

@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from dpodiag.dialects import (
-    EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, Dialect, detect_dialect, fixed_reward_ratio,
-    get_dialect, legacy_trl_reason, split_key,
+    EXTRA_METRICS, IGNORED_KEYS, STEP_KEYS, STEP_LOG_METRICS, Dialect, detect_dialect,
+    fixed_reward_ratio, get_dialect, legacy_trl_reason, split_key,
 )
 from dpodiag.errors import InputError, NoDataError, UsageError
 from dpodiag.io.steplogs.runmeta import run_meta
@@ -110,8 +110,7 @@ def build_run(raw: RawLog, path: Path, *, dialect: str | None = None,
         notes.append("read as TRL CPOTrainer: the rewards are one multiple (beta) of the policy "
                      "log-probs in every record, so there is no reference")
     if dialect is None and chosen.name == "trl-legacy":
-        bases = {split_key(key)[1] for key in keys} | set(keys)
-        reason = legacy_trl_reason(keys, bases, raw.hints.get("transformers_version"), raw.format)
+        reason = legacy_trl_reason(keys, raw.hints.get("transformers_version"), raw.format)
         notes.append(f"read as TRL 0.13 or earlier (trl-legacy) because {reason}. That version "
                      "logs one device's metrics, so the bounds between logged metrics are not "
                      "checked; pass --dialect trl if it comes from TRL 0.14 or later")
@@ -175,7 +174,7 @@ def _plan_columns(keys: list[str], dialect: Dialect, column_map: dict[str, str],
 
 def _check_overrides(column_map: dict[str, str], keys: list[str], path: Path) -> dict[str, str]:
     # Validate canonical=theirs pairs and return theirs -> canonical.
-    valid = set(STEP_METRICS) | set(EXTRA_METRICS)
+    valid = STEP_LOG_METRICS
     bases = {split_key(key)[1] for key in keys}
     reverse: dict[str, str] = {}
     for canonical, theirs in column_map.items():
